@@ -1,0 +1,1 @@
+from cress_bitnet.criterions import speech_and_text_translation  # noqa: F401

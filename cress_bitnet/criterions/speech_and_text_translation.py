@@ -1,0 +1,90 @@
+"""Criterion ``speech_and_text_translation``: label-smoothed CE on speech translation, plus MT on the transcript.
+
+* ST batches: CE of the translation given the audio; with ``--mt-finetune`` (training only) also CE of the
+  translation given the transcript of the same utterances, through the shared text encoder.
+* External MT batches (``mode == "ext_mt"``): CE of the translation given the source text.
+* A model that distils from a teacher (``quant_transformer --kd-weight``) adds its KD term on ST batches.
+Each part is logged separately (``st_loss``, ``mt_loss``, ``ext_mt_loss``, ``kd_loss``), normalised by its own tokens.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from fairseq import metrics, utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+)
+
+PARTS = ("st", "mt", "ext_mt", "kd")
+
+
+@dataclass
+class SpeechAndTextTranslationCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    mt_finetune: bool = field(default=False, metadata={"help": "also train MT on the transcript of ST batches"})
+
+
+@register_criterion("speech_and_text_translation", dataclass=SpeechAndTextTranslationCriterionConfig)
+class SpeechAndTextTranslationCriterion(LabelSmoothedCrossEntropyCriterion):
+    def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,  # noqa: ANN001
+                 mt_finetune=False):  # noqa: ANN001
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        self.mt_finetune = mt_finetune
+
+    def _ce(self, model, net_output, sample):  # noqa: ANN001, ANN202
+        loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=True)
+        return loss, nll_loss
+
+    def forward(self, model, sample, reduce=True):  # noqa: ANN001, ANN201
+        net_input = sample["net_input"]
+        mode = net_input.get("mode", "st")
+        ntokens = sample["ntokens"]
+        log: dict[str, float] = {}
+        if mode == "st":
+            net_output = model(**net_input)
+            loss, nll_loss = self._ce(model, net_output, sample)
+            log["st_loss"], log["st_ntokens"] = loss.data, ntokens
+            if self.training and self.mt_finetune:
+                mt_output = model(sample["source"], sample["source_lengths"], "mt", net_input["prev_output_tokens"])
+                mt_loss, mt_nll = self._ce(model, mt_output, sample)
+                log["mt_loss"], log["mt_ntokens"] = mt_loss.data, ntokens
+                loss, nll_loss = loss + mt_loss, nll_loss + mt_nll
+            distill = getattr(model, "distillation_loss", None)
+            if self.training and distill is not None:
+                kd_loss = distill(sample, net_output)
+                if kd_loss is not None:
+                    log["kd_loss"], log["kd_ntokens"] = kd_loss.data, ntokens
+                    loss = loss + kd_loss
+        else:
+            net_output = model(**net_input)
+            loss, nll_loss = self._ce(model, net_output, sample)
+            log["ext_mt_loss"], log["ext_mt_ntokens"] = loss.data, ntokens
+        sample_size = sample["target"].size(0) if self.sentence_avg else ntokens
+        logging_output = {
+            "loss": loss.data,
+            "nll_loss": nll_loss.data,
+            "ntokens": ntokens,
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+            **log,
+        }
+        if self.report_accuracy:
+            n_correct, total = self.compute_accuracy(model, net_output, sample)
+            logging_output["n_correct"] = utils.item(n_correct.data)
+            logging_output["total"] = utils.item(total.data)
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:  # noqa: ANN001
+        super().reduce_metrics(logging_outputs)
+        for part in PARTS:
+            n = sum(log.get(f"{part}_ntokens", 0) for log in logging_outputs)
+            if n > 0:
+                total = sum(log.get(f"{part}_loss", 0) for log in logging_outputs)
+                metrics.log_scalar(f"{part}_loss", utils.item(total) / n / math.log(2), n, round=3)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
+

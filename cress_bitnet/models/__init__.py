@@ -1,0 +1,1 @@
+from cress_bitnet.models import hubert_transformer  # noqa: F401

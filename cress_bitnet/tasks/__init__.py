@@ -1,0 +1,1 @@
+from cress_bitnet.tasks import speech_and_text_translation  # noqa: F401

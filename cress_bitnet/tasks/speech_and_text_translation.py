@@ -1,0 +1,325 @@
+"""Task ``speech_and_text_translation``: CRESS-compatible joint speech translation (ST) and machine translation (MT).
+
+Speech batches come from raw-audio manifests ``{data}/{split}.tsv``; MT batches from fairseq-binarized text in
+``--text-data``; both use the one SentencePiece dictionary named by the data config. Training batches are
+single-modality, drawn from the two datasets by ``--st-sample-ratio`` / ``--mt-sample-ratio``.
+``speech_to_text_modified`` (CRESS's decoding task) is registered as an alias so CRESS scripts run unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from argparse import ArgumentParser, Namespace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fairseq import metrics, utils
+from fairseq.data import Dictionary, encoders, iterators
+from fairseq.data.audio.multi_modality_dataset import MultiModalityDataset
+from fairseq.tasks import LegacyFairseqTask, register_task
+
+from cress_bitnet.data.data_config import SpeechDataConfig
+from cress_bitnet.data.speech_text_dataset import (
+    MT_MODE,
+    ST_MODE,
+    SpeechTextTripletDataset,
+    build_multimodal,
+    check_max_tokens,
+    load_speech_dataset,
+    load_text_pair_dataset,
+)
+
+logger = logging.getLogger(__name__)
+
+EVAL_BLEU_ORDER = 4
+SRC_LANG = "en"
+
+
+def lang_tag(lang: str) -> str:
+    return f"<lang:{lang}>"
+
+
+@register_task("speech_and_text_translation")
+class SpeechAndTextTranslationTask(LegacyFairseqTask):
+    @staticmethod
+    def add_args(parser: ArgumentParser) -> None:
+        parser.add_argument("data", help="folder with the speech manifests {split}.tsv and the data config")
+        parser.add_argument("--config-yaml", default="config.yaml", help="data config, relative to DATA")
+        parser.add_argument("--text-data", default=None, help="folder of fairseq-binarized MT text")
+        parser.add_argument("--tgt-lang", default=None, help="target language code, e.g. de")
+        parser.add_argument("--max-audio-positions", type=int, default=900000, help="max audio samples per utterance")
+        parser.add_argument("--min-audio-positions", type=int, default=1000, help="min audio samples per utterance")
+        parser.add_argument("--max-source-positions", type=int, default=512, help="max source text tokens")
+        parser.add_argument("--max-target-positions", type=int, default=512, help="max target tokens")
+        parser.add_argument("--max-tokens-text", type=int, default=None, help="max tokens per MT batch")
+        parser.add_argument("--batch-size-text", type=int, default=None, help="max sentences per MT batch")
+        parser.add_argument("--st-training", action="store_true", help="train on speech translation triplets")
+        parser.add_argument("--ext-mt-training", action="store_true", help="train on --text-data MT pairs")
+        parser.add_argument("--st-sample-ratio", type=float, default=1.0, help="batch up/down-sampling of ST")
+        parser.add_argument("--mt-sample-ratio", type=float, default=1.0, help="batch up/down-sampling of MT")
+        parser.add_argument("--update-mix-data", action="store_true", help="accepted for CRESS compatibility")
+        parser.add_argument("--eval-bleu", action="store_true", help="compute BLEU on the validation set")
+        parser.add_argument("--eval-bleu-detok", default="space", help="detokenizer for validation BLEU")
+        parser.add_argument("--eval-bleu-detok-args", default="{}", help="JSON args of the detokenizer")
+        parser.add_argument("--eval-tokenized-bleu", action="store_true", help="BLEU on tokenized text")
+        parser.add_argument("--eval-bleu-remove-bpe", nargs="?", const="@@ ", default=None, help="bpe to remove")
+        parser.add_argument("--eval-bleu-args", default="{}", help="JSON generation args for validation BLEU")
+        parser.add_argument("--eval-bleu-print-samples", action="store_true", help="log sample translations")
+        parser.add_argument("--eval-bleu-bpe", default=None, help="accepted for CRESS compatibility (unused)")
+        parser.add_argument("--eval-bleu-bpe-path", default=None, help="accepted for CRESS compatibility (unused)")
+
+    def __init__(self, args: Namespace, dictionary: Dictionary, data_cfg: SpeechDataConfig) -> None:
+        super().__init__(args)
+        self.dictionary = dictionary
+        self.data_cfg = data_cfg
+        self.bpe = encoders.build_bpe(data_cfg.bpe_args()) if data_cfg.bpe_args() else None
+        pre = data_cfg.pre_tokenizer_args()
+        self.pre_tokenizer = encoders.build_tokenizer(pre) if pre else None
+        self.tgt_prefix_token: int | None = None
+        if data_cfg.prepend_tgt_lang_tag:
+            if not args.tgt_lang:
+                raise ValueError(f"{data_cfg.path}: prepend_tgt_lang_tag needs --tgt-lang")
+            tag = lang_tag(args.tgt_lang)
+            if dictionary.index(tag) == dictionary.unk():
+                raise ValueError(f"{data_cfg.vocab_path}: has no language tag {tag} (prepend_tgt_lang_tag is on)")
+            self.tgt_prefix_token = dictionary.index(tag)
+
+    @classmethod
+    def setup_task(cls, args: Namespace, **kwargs: Any) -> SpeechAndTextTranslationTask:
+        data = Path(args.data)
+        if not data.is_dir():
+            raise FileNotFoundError(f"DATA folder not found: {data}")
+        cfg = SpeechDataConfig.load(data / args.config_yaml)
+        dictionary = Dictionary.load(str(cfg.vocab_path))
+        logger.info(f"dictionary {cfg.vocab_path}: {len(dictionary)} types")
+        if args.text_data and not Path(args.text_data).is_dir():
+            raise FileNotFoundError(f"--text-data folder not found: {args.text_data}")
+        if args.ext_mt_training and not (args.text_data and args.tgt_lang):
+            raise ValueError("--ext-mt-training needs --text-data and --tgt-lang")
+        train_subset = getattr(args, "train_subset", "train") or "train"
+        if not train_subset.startswith("train"):
+            logger.warning(f"--train-subset {train_subset} does not start with 'train': it is not shuffled as one")
+        return cls(args, dictionary, cfg)
+
+    # ---- data ---------------------------------------------------------------------------------------------------
+    def encode_text(self, text: str) -> str:
+        if self.pre_tokenizer is not None:
+            text = self.pre_tokenizer.encode(text)
+        if self.bpe is not None:
+            text = self.bpe.encode(text)
+        return text
+
+    def decode_text(self, tokens: torch.Tensor, escape_unk: bool = False) -> str:
+        text = self.dictionary.string(
+            tokens.int().cpu(),
+            self.args.eval_bleu_remove_bpe,
+            unk_string="UNKNOWNTOKENINREF" if escape_unk else "UNKNOWNTOKENINHYP",
+            extra_symbols_to_ignore=self._symbols_to_strip(),
+        )
+        if self.bpe is not None:
+            text = self.bpe.decode(text)
+        if self.pre_tokenizer is not None:
+            text = self.pre_tokenizer.decode(text)
+        return text
+
+    def _symbols_to_strip(self) -> set[int]:
+        return {self.tgt_prefix_token} if self.tgt_prefix_token is not None else set()
+
+    def _is_train(self, split: str) -> bool:
+        return split.startswith("train")
+
+    def _speech_dataset(self, split: str, shuffle: bool) -> SpeechTextTripletDataset:
+        return load_speech_dataset(
+            Path(self.args.data) / f"{split}.tsv",
+            split,
+            audio_root=self.data_cfg.audio_root_path,
+            dictionary=self.dictionary,
+            encode_text=self.encode_text,
+            standardize_audio=self.data_cfg.standardize_audio,
+            tgt_prefix_token=self.tgt_prefix_token,
+            shuffle=shuffle,
+            min_audio_samples=self.args.min_audio_positions,
+        )
+
+    def _text_dataset(self, split: str, shuffle: bool):  # noqa: ANN202 - fairseq dataset
+        split = "valid" if split == "dev" else split  # CRESS binarizes dev as valid
+        return load_text_pair_dataset(
+            Path(self.args.text_data), split, SRC_LANG, self.args.tgt_lang, self.dictionary, shuffle=shuffle
+        )
+
+    def speech_max_positions(self) -> tuple[int, int, int]:
+        a = self.args
+        return a.max_audio_positions, a.max_source_positions, a.max_target_positions
+
+    def text_max_positions(self) -> tuple[int, int]:
+        return self.args.max_source_positions, self.args.max_target_positions
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs: Any) -> None:
+        a = self.args
+        is_train = self._is_train(split)
+        use_st = a.st_training or not a.ext_mt_training
+        use_mt = a.ext_mt_training and (is_train or not a.st_training)
+        if is_train and (a.st_training or a.ext_mt_training):
+            items = []
+            if use_st:
+                items.append((ST_MODE, self._speech_dataset(split, True), self.speech_max_positions(),
+                              a.max_tokens, a.batch_size))
+            if use_mt:
+                items.append((MT_MODE, self._text_dataset(split, True), self.text_max_positions(),
+                              a.max_tokens_text, a.batch_size_text))
+            self.datasets[split] = build_multimodal(items)
+        elif use_mt:
+            self.datasets[split] = self._text_dataset(split, False)
+        else:
+            self.datasets[split] = self._speech_dataset(split, False)
+        logger.info(f"{split}: {len(self.datasets[split])} examples")
+
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,  # noqa: ANN001
+                           ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
+                           shard_id=0, num_workers=0, epoch=0, data_buffer_size=0, disable_iterator_cache=False,
+                           skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False):
+        if not isinstance(dataset, MultiModalityDataset):
+            # Our own per-modality limits replace fairseq's (which cannot mix a 3-tuple task limit with the model's);
+            # too-long examples are skipped and counted in the log rather than aborting validation or decoding.
+            speech = isinstance(dataset, SpeechTextTripletDataset)
+            limit = self.speech_max_positions() if speech else self.text_max_positions()
+            if not speech and self.args.max_tokens_text is not None:
+                max_tokens = self.args.max_tokens_text
+            kept, ignored = dataset.filter_indices_by_size(dataset.ordered_indices(), limit)
+            if len(ignored):
+                logger.warning(f"{len(ignored)} examples longer than {limit} are skipped (ids {list(ignored[:5])}...)")
+            check_max_tokens(dataset, kept, max_tokens, "decoding/validation")
+            return super().get_batch_iterator(
+                dataset, max_tokens, max_sentences, limit, True, required_batch_size_multiple, seed, num_shards,
+                shard_id, num_workers, epoch, data_buffer_size, disable_iterator_cache, skip_remainder_batch,
+                grouped_shuffling, update_epoch_batch_itr,
+            )
+        ratios = [self.args.st_sample_ratio if m == ST_MODE else self.args.mt_sample_ratio for m in dataset.id_to_mode]
+        dataset.set_epoch(epoch)
+        batch_samplers = dataset.get_batch_samplers(ratios, required_batch_size_multiple, seed)
+        return iterators.GroupedEpochBatchIterator(
+            dataset=dataset,
+            collate_fn=dataset.collater,
+            batch_samplers=batch_samplers,
+            seed=seed,
+            num_shards=num_shards,
+            shard_id=shard_id,
+            num_workers=num_workers,
+            epoch=epoch,
+            mult_rate=1,
+            buffer_size=data_buffer_size,
+            skip_remainder_batch=skip_remainder_batch,
+        )
+
+    @property
+    def source_dictionary(self) -> Dictionary | None:
+        # Speech has no source dictionary: fairseq-generate then prints no source string for audio rows.
+        return self.dictionary if self._decodes_text() else None
+
+    def _decodes_text(self) -> bool:
+        return bool(self.args.ext_mt_training and not self.args.st_training)
+
+    @property
+    def target_dictionary(self) -> Dictionary:
+        return self.dictionary
+
+    def max_positions(self) -> tuple[int, int, int]:
+        return self.speech_max_positions()
+
+    # ---- model, criterion, generation ---------------------------------------------------------------------------
+    def build_tokenizer(self, args: Namespace):  # noqa: ANN201
+        """fairseq-generate detokenizes with the data config's tokenizers, as fairseq's speech_to_text task does."""
+        return self.pre_tokenizer
+
+    def build_bpe(self, args: Namespace):  # noqa: ANN201
+        return self.bpe
+
+    def build_model(self, args: Namespace, from_checkpoint: bool = False):  # noqa: ANN201
+        model = super().build_model(args, from_checkpoint)
+        if self.args.eval_bleu:
+            gen_args = Namespace(**json.loads(self.args.eval_bleu_args or "{}"))
+            self.sequence_generator = self.build_generator([model], gen_args)
+            detok_args = json.loads(self.args.eval_bleu_detok_args or "{}")
+            self.eval_tokenizer = encoders.build_tokenizer(
+                Namespace(tokenizer=self.args.eval_bleu_detok, **detok_args)
+            )
+        return model
+
+    def build_criterion(self, args: Namespace):  # noqa: ANN201
+        if self.data_cfg.prepend_tgt_lang_tag and getattr(args, "ignore_prefix_size", 0) != 1:
+            raise ValueError("prepend_tgt_lang_tag is on in the data config: pass --ignore-prefix-size 1")
+        return super().build_criterion(args)
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):  # noqa: ANN001, ANN201
+        if self.data_cfg.prepend_tgt_lang_tag and getattr(args, "prefix_size", 0) != 1:
+            raise ValueError("prepend_tgt_lang_tag is on in the data config: pass --prefix-size 1")
+        extra_gen_cls_kwargs = dict(extra_gen_cls_kwargs or {})
+        extra_gen_cls_kwargs["symbols_to_strip_from_output"] = self._symbols_to_strip()
+        return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs)
+
+    # ---- validation BLEU ----------------------------------------------------------------------------------------
+    def valid_step(self, sample, model, criterion):  # noqa: ANN001, ANN201
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        if self.args.eval_bleu:
+            bleu = self._inference_with_bleu(self.sequence_generator, sample, model)
+            logging_output["_bleu_sys_len"] = bleu.sys_len
+            logging_output["_bleu_ref_len"] = bleu.ref_len
+            for i in range(EVAL_BLEU_ORDER):
+                logging_output[f"_bleu_counts_{i}"] = bleu.counts[i]
+                logging_output[f"_bleu_totals_{i}"] = bleu.totals[i]
+        return loss, sample_size, logging_output
+
+    def _inference_with_bleu(self, generator, sample, model):  # noqa: ANN001, ANN202
+        import sacrebleu
+
+        def decode(tokens: torch.Tensor, escape_unk: bool = False) -> str:
+            text = self.decode_text(tokens, escape_unk)
+            return self.eval_tokenizer.decode(text) if self.eval_tokenizer else text
+
+        hyps_out = self.inference_step(generator, [model], sample, prefix_tokens=None)
+        hyps = [decode(h[0]["tokens"]) for h in hyps_out]
+        refs = [decode(utils.strip_pad(t, self.dictionary.pad()), escape_unk=True) for t in sample["target"]]
+        if self.args.eval_bleu_print_samples:
+            logger.info(f"example hypothesis: {hyps[0]}")
+            logger.info(f"example reference: {refs[0]}")
+        tokenize = "none" if self.args.eval_tokenized_bleu else "13a"
+        return sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize)
+
+    def reduce_metrics(self, logging_outputs, criterion):  # noqa: ANN001
+        super().reduce_metrics(logging_outputs, criterion)
+        if not self.args.eval_bleu:
+            return
+
+        def total(key: str) -> int:
+            return int(sum(log.get(key, 0) for log in logging_outputs))
+
+        counts = [total(f"_bleu_counts_{i}") for i in range(EVAL_BLEU_ORDER)]
+        totals = [total(f"_bleu_totals_{i}") for i in range(EVAL_BLEU_ORDER)]
+        if max(totals) > 0:
+            for i in range(EVAL_BLEU_ORDER):
+                metrics.log_scalar(f"_bleu_counts_{i}", np.array(counts[i]))
+                metrics.log_scalar(f"_bleu_totals_{i}", np.array(totals[i]))
+            metrics.log_scalar("_bleu_sys_len", total("_bleu_sys_len"))
+            metrics.log_scalar("_bleu_ref_len", total("_bleu_ref_len"))
+
+            def compute_bleu(meters):  # noqa: ANN001, ANN202
+                from sacrebleu.metrics import BLEU
+
+                score = BLEU.compute_bleu(
+                    correct=[meters[f"_bleu_counts_{i}"].sum for i in range(EVAL_BLEU_ORDER)],
+                    total=[meters[f"_bleu_totals_{i}"].sum for i in range(EVAL_BLEU_ORDER)],
+                    sys_len=int(meters["_bleu_sys_len"].sum),
+                    ref_len=int(meters["_bleu_ref_len"].sum),
+                    smooth_method="exp",
+                )
+                return round(score.score, 2)
+
+            metrics.log_derived("bleu", compute_bleu)
+
+
+@register_task("speech_to_text_modified")
+class SpeechToTextModifiedTask(SpeechAndTextTranslationTask):
+    """CRESS's decoding task name; decodes speech manifests exactly like ``speech_and_text_translation``."""
