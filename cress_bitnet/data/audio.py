@@ -198,6 +198,10 @@ def read_audio(
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError, EOFError) as e:
         raise AudioError(f"{pre}cannot decode audio file {ref.path}: {e}") from None
+    if ref.kind == "segment" and wav.shape[-1] != ref.length:
+        raise AudioError(
+            f"{pre}truncated audio file {ref.path}: segment {ref.offset}:{ref.length} gave {wav.shape[-1]} samples"
+        )
     if wav.shape[-1] == 0:
         raise AudioError(f"{pre}empty audio in {ref.path}" + (f" at {ref.offset}:{ref.length}" if ref.offset else ""))
     return resample_mono(torch.from_numpy(np.ascontiguousarray(wav)), sr, target_sr)
