@@ -9,6 +9,7 @@ from .common import fake_quant_per_token, seed_act_rescale, sign_pm1, straight_t
 from .minmax import MinMaxQuantLinear, fake_quant_minmax
 from .packing import pack_signs, pack_ternary, packed_bits, unpack_signs, unpack_ternary
 from .registry import QUANTIZERS
+from .report import linear_deploy_bytes, module_deploy_bits
 from .surgery import OUTPUT_HEADS, quantize_model
 from .svcd import SVCDLinear
 from .tsvd import TSVDLinear, ternary_decomposition
@@ -35,6 +36,8 @@ __all__ = [
     "sign_pm1",
     "straight_through",
     "ternary_decomposition",
+    "linear_deploy_bytes",
+    "module_deploy_bits",
     "unpack_signs",
     "unpack_ternary",
 ]

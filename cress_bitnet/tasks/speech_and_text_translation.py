@@ -131,7 +131,7 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
     def _is_train(self, split: str) -> bool:
         return split.startswith("train")
 
-    def _speech_dataset(self, split: str, shuffle: bool) -> SpeechTextTripletDataset:
+    def speech_dataset(self, split: str, shuffle: bool) -> SpeechTextTripletDataset:
         return load_speech_dataset(
             Path(self.args.data) / f"{split}.tsv",
             split,
@@ -165,7 +165,7 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         if is_train and (a.st_training or a.ext_mt_training):
             items = []
             if use_st:
-                items.append((ST_MODE, self._speech_dataset(split, True), self.speech_max_positions(),
+                items.append((ST_MODE, self.speech_dataset(split, True), self.speech_max_positions(),
                               a.max_tokens, a.batch_size))
             if use_mt:
                 items.append((MT_MODE, self._text_dataset(split, True), self.text_max_positions(),
@@ -174,7 +174,7 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         elif use_mt:
             self.datasets[split] = self._text_dataset(split, False)
         else:
-            self.datasets[split] = self._speech_dataset(split, False)
+            self.datasets[split] = self.speech_dataset(split, False)
         logger.info(f"{split}: {len(self.datasets[split])} examples")
 
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,  # noqa: ANN001

@@ -1,0 +1,102 @@
+"""Session fixtures: a tiny toy MuST-C corpus prepared by the real data pipeline, tiny real-format checkpoints, and a
+tiny MT checkpoint trained by fairseq-train itself. Built once per test session in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TGT = "de"
+
+# One set of tiny dimensions for every model in the tests: HuBERT fixture dim 32, text model dim 32, 2+2 layers.
+TINY_MODEL_ARGS = [
+    "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--encoder-layers", "2",
+    "--encoder-attention-heads", "2", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
+    "--decoder-layers", "2", "--decoder-attention-heads", "2",
+]
+CPU_ARGS = ["--cpu", "--num-workers", "0", "--no-progress-bar", "--log-interval", "1", "--seed", "1"]
+
+
+def run_tool(args: list[str], *, cwd: Path = REPO, timeout: int = 600, check: bool = True,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command (a python module or script) and fail with its output when it fails."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"command failed ({proc.returncode}): {' '.join(args)}\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
+
+
+def fairseq(tool: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return run_tool([sys.executable, "-m", f"fairseq_cli.{tool}", *args], **kwargs)
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
+@dataclass
+class ToyData:
+    mustc_root: Path  # raw MuST-C layout
+    st_dir: Path  # prepared: manifests, spm, config.yaml
+    mt_bin: Path  # binarized MT text
+    ckpt_dir: Path  # tiny HuBERT / DeltaLM files
+    mt_checkpoint: Path  # trained by fairseq-train --task translation
+
+    @property
+    def hubert(self) -> Path:
+        return self.ckpt_dir / "hubert_tiny_ls960.pt"
+
+    @property
+    def hubert_cfg_format(self) -> Path:
+        return self.ckpt_dir / "hubert_tiny_cfg.pt"
+
+    @property
+    def deltalm(self) -> Path:
+        return self.ckpt_dir / "deltalm_tiny.pt"
+
+    def st_train_args(self, save_dir: Path, *extra: str, arch: str = "hubert_transformer_postln") -> list[str]:
+        """fairseq-train arguments for a tiny ST run on this data (speech + MT batches)."""
+        return [
+            str(self.st_dir), "--user-dir", str(REPO / "cress_bitnet"), "--task", "speech_and_text_translation",
+            "--config-yaml", "config.yaml", "--train-subset", "train", "--valid-subset", "dev",
+            "--text-data", str(self.mt_bin), "--tgt-lang", TGT, "--arch", arch,
+            "--hubert-model-path", str(self.hubert), *TINY_MODEL_ARGS, "--conv-channels", "32", "--layernorm-embedding",
+            "--criterion", "speech_and_text_translation", "--label-smoothing", "0.1", "--report-accuracy",
+            "--optimizer", "adam", "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "2",
+            "--max-tokens", "400000", "--max-tokens-text", "400", "--save-dir", str(save_dir), *CPU_ARGS, *extra,
+        ]
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> ToyData:
+    root = tmp_path_factory.mktemp("toy")
+    mustc = root / "mustc"
+    st_dir = root / "data" / f"en-{TGT}"
+    mt_bin = st_dir / "binary"
+    ckpt = root / "ckpt"
+    py = sys.executable
+    run_tool([py, "data_prep/make_toy_mustc.py", "--out", str(mustc), "--tgt-langs", TGT, "--seed", "1",
+              "--train", "24", "--dev", "6", "--test", "6"])
+    run_tool([py, "data_prep/prep_mustc_data.py", "--data-root", str(mustc), "--tgt-lang", TGT,
+              "--out-dir", str(st_dir), "--vocab-size", "200"])
+    run_tool([py, "data_prep/prep_mt_data.py", "--data-dir", str(st_dir), "--tgt-lang", TGT, "--out", str(mt_bin)])
+    run_tool([py, "data_prep/make_tiny_checkpoints.py", "--out", str(ckpt)])
+    mt_save = root / "mt"
+    # A real trainer-format MT checkpoint, with numpy BLEU metrics in extra_state (--eval-bleu).
+    fairseq("train", [
+        str(mt_bin), "--task", "translation", "--source-lang", "en", "--target-lang", TGT, "--arch", "transformer",
+        "--share-all-embeddings", "--layernorm-embedding", *TINY_MODEL_ARGS, "--optimizer", "adam", "--lr", "1e-3",
+        "--max-tokens", "400", "--max-update", "2", "--save-dir", str(mt_save), "--eval-bleu",
+        "--eval-bleu-args", '{"beam": 1}', "--no-epoch-checkpoints", *CPU_ARGS,
+        # ve-fairseq drops the last partial batch when batch sizes must be multiples of 8 (see data/batching.py)
+        "--required-batch-size-multiple", "1",
+    ])
+    return ToyData(mustc, st_dir, mt_bin, ckpt, mt_save / "checkpoint_last.pt")
