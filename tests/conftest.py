@@ -100,3 +100,33 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> ToyData:
         "--required-batch-size-multiple", "1",
     ])
     return ToyData(mustc, st_dir, mt_bin, ckpt, mt_save / "checkpoint_last.pt")
+
+
+@pytest.fixture(scope="session")
+def fp_checkpoint(toy: ToyData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained FP hubert_transformer ST checkpoint (a few updates, MT-initialised): quant_transformer's start."""
+    save = tmp_path_factory.mktemp("fp_st")
+    fairseq("train", toy.st_train_args(save, "--st-training", "--mt-finetune", "--max-update", "4",
+                                       "--load-pretrained-mt-encoder-decoder-from", str(toy.mt_checkpoint),
+                                       "--disable-validation"))
+    return save / "checkpoint_last.pt"
+
+
+def quant_train_args(toy: ToyData, fp: Path, save_dir: Path, *extra: str) -> list[str]:
+    """fairseq-train arguments for quant_transformer on the toy data (architecture comes from ``fp``)."""
+    return [
+        str(toy.st_dir), "--user-dir", str(REPO / "cress_bitnet"), "--task", "speech_and_text_translation",
+        "--config-yaml", "config.yaml", "--train-subset", "train", "--valid-subset", "dev", "--st-training",
+        "--arch", "quant_transformer", "--pretrained-st-checkpoint", str(fp),
+        "--criterion", "speech_and_text_translation", "--label-smoothing", "0.1", "--optimizer", "adam",
+        "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "2", "--max-tokens", "400000",
+        "--save-dir", str(save_dir), *CPU_ARGS, *extra,
+    ]
+
+
+def generate_args(toy: ToyData, checkpoint: Path, *extra: str) -> list[str]:
+    return [
+        str(toy.st_dir), "--user-dir", str(REPO / "cress_bitnet"), "--task", "speech_and_text_translation",
+        "--config-yaml", "config.yaml", "--gen-subset", "tst-COMMON", "--path", str(checkpoint),
+        "--max-tokens", "400000", "--beam", "2", "--scoring", "sacrebleu", "--cpu", *extra,
+    ]

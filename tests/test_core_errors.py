@@ -1,4 +1,4 @@
-"""Issue 2 bad inputs: each ends in one clear error naming the file, line or flag (no traceback from deep in fairseq)."""
+"""Issue 2 bad inputs: each ends in one clear error naming the file, line or flag, not a fairseq traceback."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import REPO, TGT, ToyData, fairseq, output, run_tool
+from conftest import REPO, ToyData, fairseq, generate_args, output, run_tool
 
 from data_prep.make_tiny_checkpoints import make_deltalm
 
@@ -43,11 +43,7 @@ def test_train_resume_and_generate_without_source_files(toy: ToyData, tmp_path: 
 
     hubert.unlink()
     mt.unlink()
-    gen = output(fairseq("generate", [
-        str(toy.st_dir), "--user-dir", str(REPO / "cress_bitnet"), "--task", "speech_and_text_translation",
-        "--config-yaml", "config.yaml", "--gen-subset", "tst-COMMON", "--path", str(save / "checkpoint_last.pt"),
-        "--max-tokens", "400000", "--beam", "2", "--scoring", "sacrebleu", "--cpu",
-    ]))
+    gen = output(fairseq("generate", generate_args(toy, save / "checkpoint_last.pt")))
     assert re.search(r"Generate tst-COMMON with beam=2: BLEU = \d+\.\d+", gen)
     assert len(re.findall(r"^H-\d+\t", gen, flags=re.M)) == 6  # every test utterance decoded, none dropped
 
@@ -134,7 +130,7 @@ def test_user_dir_resolves_from_checkout_and_from_install(tmp_path: Path) -> Non
     # Outside the checkout, fairseq resolves `--user-dir cress_bitnet` next to its own package: the installed copy.
     installed = run_tool([sys.executable, "-c", probe], cwd=tmp_path, check=False)
     assert installed.returncode == 0, (
-        "`--user-dir cress_bitnet` must work when the package is installed (pip install .):\n" + installed.stderr[-2000:]
+        "`--user-dir cress_bitnet` must work when installed (pip install .):\n" + installed.stderr[-2000:]
     )
     assert "site-packages" in installed.stdout
 

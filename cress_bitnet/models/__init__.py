@@ -1,1 +1,1 @@
-from cress_bitnet.models import hubert_transformer  # noqa: F401
+from cress_bitnet.models import hubert_transformer, quant_transformer  # noqa: F401

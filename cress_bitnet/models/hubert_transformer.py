@@ -242,6 +242,20 @@ def hubert_transformer_base(args: Namespace) -> None:
     default("max_target_positions", 512)
 
 
+# Args that fix the model's structure; a model built from a saved checkpoint must take these from it.
+ARCH_FIELDS = (
+    "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_layers", "encoder_attention_heads",
+    "encoder_normalize_before", "encoder_learned_pos", "decoder_embed_dim", "decoder_ffn_embed_dim",
+    "decoder_layers", "decoder_attention_heads", "decoder_normalize_before", "decoder_learned_pos",
+    "decoder_output_dim", "decoder_input_dim", "decoder_layer_type", "activation_fn",
+    "share_decoder_input_output_embed", "share_all_embeddings", "layernorm_embedding", "no_scale_embedding",
+    "no_token_positional_embeddings", "adaptive_input", "adaptive_softmax_cutoff", "conv_kernel_sizes",
+    "conv_channels", "max_source_positions", "max_target_positions", "hubert_cfg",
+)
+# Training-time settings inherited from the checkpoint unless given on the command line.
+TRAINING_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "decoder_layerdrop", "freeze_hubert")
+
+
 @register_model_architecture("hubert_transformer", "hubert_transformer")
 def hubert_transformer(args: Namespace) -> None:
     hubert_transformer_base(args)

@@ -1,0 +1,81 @@
+"""Memory-budget mixed precision after myQASR (Fish et al., Interspeech 2023): label-free bit allocation.
+
+Each layer's sensitivity is the median |output| over unlabeled calibration data. Starting from the widest bit width,
+sweeps visit the layers in descending median order and take one bit from each, re-measuring the size after every
+decrement, and stop as soon as the budget is met. So every layer ends at b or b-1 bits (the uniformity constraint),
+and the layers with the largest medians (treated as the least sensitive, as in myQASR) give up their bit first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+MAX_SAMPLES_PER_LAYER = 1 << 20
+
+
+@torch.no_grad()
+def activation_medians(model: nn.Module, names: Iterable[str], run: Callable[[], None]) -> dict[str, float]:
+    """Median |output| of each named module while ``run()`` feeds calibration data through ``model``."""
+    modules = dict(model.named_modules())
+    samples: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    missing = [n for n in samples if n not in modules]
+    if missing:
+        raise KeyError(f"no such modules: {missing}")
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            values = output.detach().abs().flatten().float()
+            if values.numel() > MAX_SAMPLES_PER_LAYER:  # a strided subsample keeps the median honest and cheap
+                values = values[:: values.numel() // MAX_SAMPLES_PER_LAYER + 1]
+            samples[name].append(values.cpu())
+
+        return record
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in samples]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    empty = [n for n, v in samples.items() if not v]
+    if empty:
+        raise RuntimeError(f"calibration never reached these layers: {empty}")
+    return {n: float(torch.cat(v).median()) for n, v in samples.items()}
+
+
+def select_bits(
+    size_bits: dict[str, dict[int, int]],
+    medians: dict[str, float],
+    budget_bits: int,
+    min_bits: int,
+    max_bits: int,
+) -> dict[str, int]:
+    """myQASR's Algorithm 1: one-bit decrements in sweeps over layers sorted by descending median.
+
+    ``size_bits[name][b]`` is the deployable size of layer ``name`` at ``b`` bits.
+    """
+    if min_bits > max_bits:
+        raise ValueError(f"min_bits {min_bits} > max_bits {max_bits}")
+    bits = {n: max_bits for n in size_bits}
+    order = sorted(size_bits, key=lambda n: (-medians[n], n))
+
+    def total() -> int:
+        return sum(size_bits[n][bits[n]] for n in bits)
+
+    if total() <= budget_bits:
+        return bits
+    floor = sum(size_bits[n][min_bits] for n in bits)
+    if floor > budget_bits:
+        raise ValueError(
+            f"the budget ({budget_bits / 8 / 2**20:.4f} MB) is below the smallest possible size of the "
+            f"{len(bits)} layers ({floor / 8 / 2**20:.4f} MB at {min_bits} bit(s)); raise --quant-budget-mb"
+        )
+    while True:
+        for name in order:
+            if bits[name] > min_bits:
+                bits[name] -= 1
+                if total() <= budget_bits:
+                    return bits
