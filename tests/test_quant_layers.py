@@ -428,3 +428,15 @@ def test_low_precision_inputs(method, dtype):
         ref = copy.deepcopy(q_low).float()(x.to(dtype).float())
     rel = (y.float() - ref).norm() / ref.norm()
     assert rel < 0.05
+
+
+@pytest.mark.parametrize("method", sorted(QUANTIZERS))
+@pytest.mark.parametrize("bias", [True, False])
+def test_output_can_be_modified_in_place(method: str, bias: bool) -> None:
+    """fairseq's attention scales the query projection's output in place (``q *= scaling``)."""
+    layer = QUANTIZERS[method].from_linear(nn.Linear(24, 16, bias=bias))
+    x = torch.randn(5, 3, 24, requires_grad=True)
+    y = layer(x)
+    y *= 0.5
+    y.sum().backward()
+    assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()

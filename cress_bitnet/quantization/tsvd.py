@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import QuantLinear
@@ -105,7 +104,9 @@ class _FactoredLinear(torch.autograd.Function):
         ctx.save_for_backward(x, u, s, v)
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        return F.linear(F.linear(x, v) * s, u, bias.to(dt) if bias is not None else None)
+        # matmul (not F.linear) so the output is not a view: fairseq scales attention queries in place.
+        y = torch.matmul(torch.matmul(x, v.t()) * s, u.t())
+        return y + bias.to(dt) if bias is not None else y
 
     @staticmethod
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
