@@ -7,12 +7,15 @@ Importing it registers the checkpoint allowlist (so fairseq's own ``torch.load``
 
 import importlib.util
 
-from cress_bitnet.checkpoints import install_fairseq_load_errors, register_safe_globals
+from cress_bitnet.checkpoints import install_fairseq_fixes, register_safe_globals
 
 __version__ = "0.1.0"
 
 register_safe_globals()
 
 if importlib.util.find_spec("fairseq") is not None:
-    install_fairseq_load_errors()
+    install_fairseq_fixes()
+    from cress_bitnet.distributed import install_cpu_distributed_fixes
+
+    install_cpu_distributed_fixes()
     from cress_bitnet import criterions, models, tasks  # noqa: F401  (registration side effects)

@@ -16,6 +16,7 @@ import functools
 import os
 import pickle
 import re
+import shutil
 import typing
 import zipfile
 from pathlib import Path
@@ -84,13 +85,16 @@ def _explain(path: str | os.PathLike, err: BaseException) -> CheckpointError:
             "cress_bitnet's allowlist of safe checkpoint classes (cress_bitnet/checkpoints.py). Only load it with full "
             "pickle if you trust the file, and do so explicitly in your own code."
         )
-    if isinstance(err, (EOFError, zipfile.BadZipFile)) or "failed finding central directory" in text or (
-        "PytorchStreamReader" in text
+    first = text.splitlines()[0] if text else type(err).__name__
+    readable_zip = os.path.isfile(path) and zipfile.is_zipfile(path)
+    if not readable_zip or isinstance(err, (EOFError, zipfile.BadZipFile, OSError)) or (
+        "failed finding central directory" in text or "PytorchStreamReader" in text
     ):
-        return CheckpointError(f"{path}: the file is truncated or is not a torch checkpoint ({text.splitlines()[0]})")
+        # torch.save writes a zip archive: no readable archive means a cut-off download or another kind of file
+        return CheckpointError(f"{path}: the file is truncated or is not a torch checkpoint ({first})")
     if isinstance(err, pickle.UnpicklingError):
-        return CheckpointError(f"{path}: not a loadable torch checkpoint ({text.splitlines()[0]})")
-    return CheckpointError(f"{path}: could not be loaded: {text.splitlines()[0] if text else type(err).__name__}")
+        return CheckpointError(f"{path}: not a loadable torch checkpoint ({first})")
+    return CheckpointError(f"{path}: could not be loaded: {first}")
 
 
 def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint", flag: str | None = None) -> dict[str, Any]:
@@ -107,6 +111,46 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint", flag: 
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}{where}: expected a dict checkpoint, found {type(state).__name__}")
     return state
+
+
+def _atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+    """Copy through a temporary file and an atomic rename, so a kill mid-copy never leaves a truncated file."""
+    if os.path.exists(dst_path) and not overwrite:
+        return False
+    tmp = f"{dst_path}.tmp{os.getpid()}"
+    try:
+        shutil.copyfile(src_path, tmp)
+        os.replace(tmp, dst_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return True
+
+
+def install_fairseq_fixes() -> None:
+    """Crash safety and readable errors for fairseq's own checkpoint handling.
+
+    * fairseq saves ``checkpointN.pt`` atomically but then *copies* it to ``checkpoint_last.pt`` with a plain
+      ``shutil.copyfile``: a SIGKILL during that copy leaves a truncated ``checkpoint_last.pt`` that the next run
+      cannot resume from. Local copies become copy-to-temp + atomic rename.
+    * Trainer restores and fairseq-generate read checkpoints through ``load_checkpoint_to_cpu``; its unpickling and
+      truncation errors are re-raised naming the file (behaviour on success is unchanged).
+    """
+    try:
+        from fairseq.file_io import PathManager
+    except ImportError:  # pragma: no cover
+        return
+    if not getattr(PathManager.copy, "_cress_bitnet_atomic", False):
+        original_copy = PathManager.copy
+
+        def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+            if PathManager.path_requires_pathmanager(dst_path):
+                return original_copy(src_path, dst_path, overwrite)
+            return _atomic_copy(src_path, dst_path, overwrite)
+
+        copy._cress_bitnet_atomic = True  # type: ignore[attr-defined]
+        PathManager.copy = staticmethod(copy)
+    install_fairseq_load_errors()
 
 
 def install_fairseq_load_errors() -> None:
@@ -126,7 +170,9 @@ def install_fairseq_load_errors() -> None:
     def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):  # type: ignore[no-untyped-def]
         try:
             return original(path, arg_overrides, load_on_all_ranks)
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError) as err:
+        except FileNotFoundError:
+            raise
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, OSError) as err:
             raise _explain(path, err) from err
 
     load_checkpoint_to_cpu._cress_bitnet_wrapped = True  # type: ignore[attr-defined]

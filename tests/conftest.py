@@ -20,6 +20,9 @@ TINY_MODEL_ARGS = [
     "--encoder-attention-heads", "2", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
     "--decoder-layers", "2", "--decoder-attention-heads", "2",
 ]
+# HuBERT's own dropouts, off: runs that must be comparable (e.g. 2 workers vs --update-freq 2) stay deterministic.
+NO_HUBERT_DROPOUT = ["--hubert-dropout", "0", "--hubert-attention-dropout", "0", "--hubert-activation-dropout", "0",
+                     "--hubert-layerdrop", "0", "--hubert-dropout-input", "0", "--hubert-dropout-features", "0"]
 CPU_ARGS = ["--cpu", "--num-workers", "0", "--no-progress-bar", "--log-interval", "1", "--seed", "1"]
 
 
@@ -108,7 +111,7 @@ def fp_checkpoint(toy: ToyData, tmp_path_factory: pytest.TempPathFactory) -> Pat
     save = tmp_path_factory.mktemp("fp_st")
     fairseq("train", toy.st_train_args(save, "--st-training", "--mt-finetune", "--max-update", "4",
                                        "--load-pretrained-mt-encoder-decoder-from", str(toy.mt_checkpoint),
-                                       "--disable-validation"))
+                                       "--disable-validation", *NO_HUBERT_DROPOUT))
     return save / "checkpoint_last.pt"
 
 

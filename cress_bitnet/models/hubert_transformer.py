@@ -148,6 +148,8 @@ class HubertTransformerModel(FairseqEncoderDecoderModel):
         a("--hubert-activation-dropout", type=float, help="override HuBERT's activation dropout")
         a("--hubert-layerdrop", type=float, help="override HuBERT's encoder_layerdrop (pretraining: 0.05)")
         a("--hubert-feature-grad-mult", type=float, help="override HuBERT's feature_grad_mult (pretraining: 0.1)")
+        a("--hubert-dropout-input", type=float, help="override HuBERT's dropout_input (pretraining: 0.1)")
+        a("--hubert-dropout-features", type=float, help="override HuBERT's dropout_features (pretraining: 0.1)")
         a("--hubert-cfg", help="(internal) HuBERT architecture as JSON, stored so checkpoints decode without the file")
         a("--conv-kernel-sizes", help="subsampler kernel sizes, comma separated; empty: a linear projection")
         a("--conv-channels", type=int, help="subsampler channels")
@@ -167,6 +169,8 @@ class HubertTransformerModel(FairseqEncoderDecoderModel):
             activation_dropout=args.hubert_activation_dropout,
             encoder_layerdrop=args.hubert_layerdrop,
             feature_grad_mult=args.hubert_feature_grad_mult,
+            dropout_input=args.hubert_dropout_input,
+            dropout_features=args.hubert_dropout_features,
         )
         args.hubert_cfg = json.dumps(hubert_cfg, sort_keys=True)
         logger.info(f"loaded HuBERT from {args.hubert_model_path}")
@@ -235,7 +239,8 @@ def hubert_transformer_base(args: Namespace) -> None:
     default("conv_channels", 1024)
     default("freeze_hubert", False)
     for name in ("hubert_dropout", "hubert_attention_dropout", "hubert_activation_dropout", "hubert_layerdrop",
-                 "hubert_feature_grad_mult", "hubert_cfg", "hubert_model_path",
+                 "hubert_feature_grad_mult", "hubert_dropout_input", "hubert_dropout_features", "hubert_cfg",
+                 "hubert_model_path",
                  "load_pretrained_mt_encoder_decoder_from"):
         default(name, None)
     default("max_source_positions", 512)

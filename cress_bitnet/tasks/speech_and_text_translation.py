@@ -8,6 +8,7 @@ single-modality, drawn from the two datasets by ``--st-sample-ratio`` / ``--mt-s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from argparse import ArgumentParser, Namespace
@@ -68,6 +69,9 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         parser.add_argument("--eval-bleu-remove-bpe", nargs="?", const="@@ ", default=None, help="bpe to remove")
         parser.add_argument("--eval-bleu-args", default="{}", help="JSON generation args for validation BLEU")
         parser.add_argument("--eval-bleu-print-samples", action="store_true", help="log sample translations")
+        parser.add_argument("--param-checksum-file", default=None,
+                            help="append 'update rank sha1' of all parameters after every update (checks that "
+                                 "data-parallel replicas stay identical)")
         parser.add_argument("--eval-bleu-bpe", default=None, help="accepted for CRESS compatibility (unused)")
         parser.add_argument("--eval-bleu-bpe-path", default=None, help="accepted for CRESS compatibility (unused)")
 
@@ -198,6 +202,9 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
                 grouped_shuffling, update_epoch_batch_itr,
             )
         ratios = [self.args.st_sample_ratio if m == ST_MODE else self.args.mt_sample_ratio for m in dataset.id_to_mode]
+        # Batches are permuted in groups of update_freq x num_shards: each update's batches come from one modality,
+        # and a run on N workers sees exactly the batches of one worker with --update-freq N.
+        update_freq = getattr(self.args, "update_freq", None) or [1]
         dataset.set_epoch(epoch)
         batch_samplers = dataset.get_batch_samplers(ratios, required_batch_size_multiple, seed)
         return iterators.GroupedEpochBatchIterator(
@@ -209,7 +216,7 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
             shard_id=shard_id,
             num_workers=num_workers,
             epoch=epoch,
-            mult_rate=1,
+            mult_rate=int(update_freq[min(max(epoch, 1), len(update_freq)) - 1]),
             buffer_size=data_buffer_size,
             skip_remainder_batch=skip_remainder_batch,
         )
@@ -259,6 +266,13 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         extra_gen_cls_kwargs = dict(extra_gen_cls_kwargs or {})
         extra_gen_cls_kwargs["symbols_to_strip_from_output"] = self._symbols_to_strip()
         return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs)
+
+    def optimizer_step(self, optimizer, model, update_num):  # noqa: ANN001, ANN201
+        super().optimizer_step(optimizer, model, update_num)
+        if self.args.param_checksum_file:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            with open(self.args.param_checksum_file, "a", encoding="utf-8") as f:
+                f.write(f"{update_num + 1} {rank} {parameter_checksum(model)}\n")
 
     # ---- validation BLEU ----------------------------------------------------------------------------------------
     def valid_step(self, sample, model, criterion):  # noqa: ANN001, ANN201
@@ -318,6 +332,15 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
                 return round(score.score, 2)
 
             metrics.log_derived("bleu", compute_bleu)
+
+
+def parameter_checksum(model: torch.nn.Module) -> str:
+    """sha1 over every parameter's bytes in name order: equal on all replicas iff they hold identical weights."""
+    digest = hashlib.sha1()
+    for name, param in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @register_task("speech_to_text_modified")
