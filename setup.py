@@ -24,6 +24,10 @@ setup(
         "PyYAML",
         "tqdm",
         "matplotlib",
+        # torch.utils.cpp_extension builds the packed 1-bit CPU kernel on first use with ninja
+        "ninja",
     ],
+    package_data={"cress_bitnet.kernels": ["*.cpp"]},
     extras_require={"dev": ["pytest", "ruff"]},
+    entry_points={"console_scripts": ["cress-bitnet-export=cress_bitnet.export:main"]},
 )

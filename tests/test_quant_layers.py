@@ -402,8 +402,8 @@ def test_minmax_clip_gradients_pact():
 def test_deployable_bits_formulas():
     in_, out = 13, 6
     pb = 2 * 8  # ceil(13/8) bytes per row
-    assert SVCDLinear(in_, out).deployable_bits() == out * pb + 16 * (in_ + out + 2 * in_ + out)
-    assert SVCDLinear(in_, out, bias=False).deployable_bits() == out * pb + 16 * (3 * in_ + out)
+    assert SVCDLinear(in_, out).deployable_bits() == out * pb + 16 * (out + 2 * in_ + out)  # g folded into LN
+    assert SVCDLinear(in_, out, bias=False).deployable_bits() == out * pb + 16 * (2 * in_ + out)
     assert BitLinear(in_, out, num_groups=2).deployable_bits() == out * pb + 16 * (2 + out)
     assert TernaryLinear(in_, out).deployable_bits() == out * 4 * 8 + 16 * (1 + out)
     assert BCQLinear(in_, out, bits=3).deployable_bits() == 3 * out * pb + 16 * (out * 3 + out)

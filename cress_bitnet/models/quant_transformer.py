@@ -180,7 +180,7 @@ class QuantTransformerModel(HubertTransformerModel):
             if args.quant_packed:
                 from cress_bitnet.quantization.packed import pack_model
 
-                pack_model(model)
+                pack_model(model, skeleton=True)  # buffers of the right shapes; the packed state dict follows
             model.quantized_modules = names
             model.init_distillation(args, task)
             return model

@@ -32,8 +32,8 @@ class SVCDLinear(QuantLinear):
     Implementation note: g is folded into the LayerNorm affine (LN(x)·w·g + b·g) so the forward does
     not spend an extra full-size multiply; mathematically identical to LayerNorm(x) ⊙ g.
 
-    Deployable bits = out·ceil(in/8)·8 (sign plane) + 16·(in [g] + out [h] + 2·in [LayerNorm weight and
-    bias] + out [bias, if any]). No weight scale is kept: h absorbs it.
+    Deployable bits = out·ceil(in/8)·8 (sign plane) + 16·(out [h] + 2·in [LayerNorm weight and bias, with g
+    folded in: (γ ⊙ g, β ⊙ g)] + out [bias, if any]). No weight scale is kept: h absorbs it.
     """
 
     OPTIONS = ("num_groups", "init", "act_quant")
@@ -104,5 +104,5 @@ class SVCDLinear(QuantLinear):
         return z * self.h.to(dt)
 
     def deployable_bits(self) -> int:
-        aux = self.in_features + self.out_features + 2 * self.in_features + self._bias_values()
+        aux = self.out_features + 2 * self.in_features + self._bias_values()  # g lives in the folded LayerNorm
         return packed_bits(self.out_features, self.in_features, 1) + 16 * aux
