@@ -7,13 +7,14 @@ parameters, so optimizers, checkpoints and weight-tying code keep working after 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(nn.Module, ABC):
     """Base of all quantized linears: latent fp ``weight``/``bias`` plus a quantized forward.
 
     Subclasses set ``OPTIONS`` (the keyword options their constructor and :meth:`from_linear` accept),
@@ -79,13 +80,15 @@ class QuantLinear(nn.Module):
     def init_from_weight(self) -> None:
         """Data-dependent initialisation from the current latent weight; default: nothing."""
 
+    @abstractmethod
     def quantized_weight(self) -> Tensor:
         """The effective (dequantized) weight the forward uses, shape (out, in)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def deployable_bits(self) -> int:
         """Exact bits of the deployable form (packed weights + 16 bits per fp16 auxiliary value)."""
-        raise NotImplementedError
+        ...
 
     def _bias_values(self) -> int:
         return self.out_features if self.bias is not None else 0

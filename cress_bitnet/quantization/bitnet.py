@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -42,11 +44,13 @@ class _NormActQuantLinear(QuantLinear):
         self.act_quant = act_quant
         self.act_bits = act_bits
 
+    @abstractmethod
     def _normalize(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _quantize(self, w: Tensor) -> Tensor:
-        raise NotImplementedError
+        ...
 
     def quantized_weight(self) -> Tensor:
         """Dequantized weight (levels times per-group scale), straight-through to the latent W."""

@@ -14,6 +14,7 @@ numeric after the matmul runs in fp32 and is cast to the input dtype at the end.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Self
 
@@ -69,7 +70,7 @@ def _group_absmax(q: Tensor, num_groups: int) -> Tensor:
     return q.new_zeros(num_groups).scatter_reduce(0, ids, q.abs().amax(dim=1), "amax")
 
 
-class PackedLinear(nn.Module):
+class PackedLinear(nn.Module, ABC):
     """Base of the packed layers: shapes, options and a zero-filled bias; subclasses add their buffers.
 
     ``OPTIONS`` lists the training layer's non-tensor settings the inference forward needs (copied by
@@ -127,8 +128,9 @@ class PackedLinear(nn.Module):
             packed.bias.copy_(layer.bias.detach())
         return packed.to(layer.weight.device)
 
+    @abstractmethod
     def _fill(self, layer: Any) -> None:
-        raise NotImplementedError
+        ...
 
     def _aux(self, name: str, *shape: int) -> None:
         self.register_buffer(name, torch.zeros(shape, dtype=self.aux_dtype))
@@ -219,14 +221,17 @@ class _PackedNormActQuant(PackedLinear):
         self._store_levels(q)
         self.scales.copy_(_group_absmax(q, self.num_groups))
 
+    @abstractmethod
     def _store_levels(self, q: Tensor) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _normalize(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _matmul(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        ...
 
     def forward(self, x: Tensor) -> Tensor:
         xn = self._normalize(x.float())
