@@ -148,7 +148,7 @@ class PackedSVCDLinear(PackedLinear):
 
     With one activation group the seed's per-tensor weight scale cancels (quant.md §1.2), so sign bits, folded LN,
     b and h are all that is stored. Buffers: ``signs`` (out, ⌈in/8⌉) uint8; ``ln_weight``, ``ln_bias`` (in),
-    ``h``, ``bias`` (out) in fp16 — 16·in bits fewer than ``SVCDLinear.deployable_bits()``, which counts g apart.
+    ``h``, ``bias`` (out) in fp16 — exactly ``SVCDLinear.deployable_bits()``.
     """
 
     SOURCE = SVCDLinear
