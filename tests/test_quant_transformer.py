@@ -42,7 +42,7 @@ def fp_state(fp: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_each_method_trains_resumes_and_decodes_without_the_fp_checkpoint(
+def test_each_method_trains_and_decodes_without_the_fp_checkpoint(
         method: str, toy: ToyData, fp_checkpoint: Path, tmp_path: Path) -> None:
     fp = tmp_path / "fp.pt"
     shutil.copy(fp_checkpoint, fp)
@@ -51,9 +51,10 @@ def test_each_method_trains_resumes_and_decodes_without_the_fp_checkpoint(
                             "--disable-validation")
     log = output(fairseq("train", [*args, "--max-update", "2"]))
     assert re.search(rf"\d+ modules swapped for {method}", log)
-    resumed = output(fairseq("train", [*args, "--max-update", "3"]))
-    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 2 updates\)", resumed)
-    assert "num_updates: 3 >= max_update: 3" in resumed
+    if method == "svcd":  # one resume here; a minmax run with a budget plan resumes after SIGKILL in test_scale_out
+        resumed = output(fairseq("train", [*args, "--max-update", "3"]))
+        assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 2 updates\)", resumed)
+        assert "num_updates: 3 >= max_update: 3" in resumed
     fp.unlink()
     state = torch.load(save / "checkpoint_last.pt", weights_only=True)
     assert state["cfg"]["model"].quant_method == method
