@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# CPU demo of the whole pipeline on a synthetic MuST-C-layout corpus (en->de): data, tiny HuBERT, MT pretraining,
+# FP speech translation, two SVCD 1-bit fine-tunings, sacreBLEU on tst-COMMON, a results table and loss curves.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+    cat <<EOF
+Usage: [VAR=value ...] scripts/demo.sh [--fresh]
+
+Runs every stage with the recipes in scripts/ and writes, under \$OUT:
+  results.md, results.json   BLEU, quantized modules, decoder linear size and training time of fp, svcd_cross_attn,
+                             svcd_decoder
+  curves.png                 train/valid loss of every training run (from their tensorboard logs)
+  logs/<stage>.log           the full output of each stage;  stamps/<stage>.done  finished stages
+A rerun skips finished stages; --fresh redoes them all. Changing a size setting below also redoes everything.
+On a 2-core CPU the default takes about 15 minutes.
+
+Environment (default):
+  OUT                  output folder (\$REPO/demo_out)
+  DEMO_TRAIN/DEV/TEST  corpus size in segments (3000 / 200 / 200)
+  DEMO_VOCAB           SentencePiece vocabulary size (1000; the toy corpus caps it near 420)
+  DEMO_DIM, DEMO_FFN, DEMO_LAYERS, DEMO_HEADS   text encoder/decoder size (128 / 256 / 3 / 4)
+  DEMO_HUBERT_DIM, DEMO_HUBERT_FFN, DEMO_HUBERT_LAYERS, DEMO_HUBERT_HEADS, DEMO_HUBERT_CONV
+                       tiny random-init HuBERT (96 / 192 / 2 / 4 / 32 conv channels)
+  DEMO_FREEZE_HUBERT   1 = keep the tiny HuBERT fixed during ST training (0)
+  DEMO_MT_UPDATES      MT pretraining updates (150)       DEMO_MT_LR   3e-3
+  DEMO_ST_UPDATES      FP ST training updates (800)        DEMO_ST_LR   4e-3
+  DEMO_SVCD_UPDATES    updates of each SVCD fine-tuning (100) DEMO_SVCD_LR 1e-3
+  DEMO_DROPOUT         dropout of the text encoder/decoder in MT and FP training (0)
+  DEMO_AVG             checkpoints averaged for the SVCD start point and for decoding (1: the last one)
+  DEMO_BATCH           ST batch size in utterances (16)
+  DEMO_BEAM            beam size for the test set (lang_table: 8 for de)
+  DEMO_SEED            corpus and training seed (1)
+  OMP_NUM_THREADS      torch CPU threads per process (1: on a shared 2-core machine two OpenMP threads are
+                       several times slower than one as soon as another process competes for the cores)
+  PYTHON               interpreter with fairseq + cress_bitnet (\$REPO/.venv/bin/python)
+EOF
+}
+
+FRESH=0
+for arg in "$@"; do
+    case "$arg" in
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        --fresh) FRESH=1 ;;
+        *) die "unknown argument '$arg' (see --help)" ;;
+    esac
+done
+check_python
+
+export TGT=de
+OUT="${OUT:-$REPO/demo_out}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+DEMO_TRAIN="${DEMO_TRAIN:-3000}"
+DEMO_DEV="${DEMO_DEV:-200}"
+DEMO_TEST="${DEMO_TEST:-200}"
+DEMO_VOCAB="${DEMO_VOCAB:-1000}"
+DEMO_DIM="${DEMO_DIM:-128}"
+DEMO_FFN="${DEMO_FFN:-256}"
+DEMO_LAYERS="${DEMO_LAYERS:-3}"
+DEMO_HEADS="${DEMO_HEADS:-4}"
+DEMO_HUBERT_DIM="${DEMO_HUBERT_DIM:-96}"
+DEMO_HUBERT_FFN="${DEMO_HUBERT_FFN:-192}"
+DEMO_HUBERT_LAYERS="${DEMO_HUBERT_LAYERS:-2}"
+DEMO_HUBERT_HEADS="${DEMO_HUBERT_HEADS:-4}"
+DEMO_HUBERT_CONV="${DEMO_HUBERT_CONV:-32}"
+DEMO_FREEZE_HUBERT="${DEMO_FREEZE_HUBERT:-0}"
+DEMO_MT_UPDATES="${DEMO_MT_UPDATES:-150}"
+DEMO_MT_LR="${DEMO_MT_LR:-3e-3}"
+DEMO_ST_UPDATES="${DEMO_ST_UPDATES:-800}"
+DEMO_ST_LR="${DEMO_ST_LR:-4e-3}"
+DEMO_SVCD_UPDATES="${DEMO_SVCD_UPDATES:-100}"
+DEMO_SVCD_LR="${DEMO_SVCD_LR:-1e-3}"
+DEMO_DROPOUT="${DEMO_DROPOUT:-0}"
+DEMO_AVG="${DEMO_AVG:-1}"
+DEMO_BATCH="${DEMO_BATCH:-16}"
+DEMO_SEED="${DEMO_SEED:-1}"
+DEMO_BEAM="${DEMO_BEAM:-$(lang_table_value 2)}"
+
+LOGS="$OUT/logs"
+STAMPS="$OUT/stamps"
+MUSTC="$OUT/mustc"
+export DATA_ROOT="$OUT/data"
+export DATA="$DATA_ROOT/en-$TGT"
+export TEXT_DATA="$DATA/binary"
+HUBERT_DIR="$OUT/hubert"
+export HUBERT="$HUBERT_DIR/hubert_tiny_ls960.pt"
+RUNS="$OUT/runs"
+export MT_CKPT="$RUNS/mt/checkpoint_avg.pt"
+FP_CKPT_PATH="$RUNS/fp/checkpoint_avg.pt"
+mkdir -p "$LOGS" "$STAMPS"
+
+# Everything that changes what a stage produces; a different value redoes all stages.
+SETTINGS="train=$DEMO_TRAIN dev=$DEMO_DEV test=$DEMO_TEST vocab=$DEMO_VOCAB dim=$DEMO_DIM ffn=$DEMO_FFN"
+SETTINGS+=" layers=$DEMO_LAYERS heads=$DEMO_HEADS hubert=$DEMO_HUBERT_DIM/$DEMO_HUBERT_FFN/$DEMO_HUBERT_LAYERS"
+SETTINGS+="/$DEMO_HUBERT_HEADS/$DEMO_HUBERT_CONV freeze=$DEMO_FREEZE_HUBERT mt=$DEMO_MT_UPDATES@$DEMO_MT_LR"
+SETTINGS+=" st=$DEMO_ST_UPDATES@$DEMO_ST_LR svcd=$DEMO_SVCD_UPDATES@$DEMO_SVCD_LR batch=$DEMO_BATCH"
+SETTINGS+=" beam=$DEMO_BEAM seed=$DEMO_SEED dropout=$DEMO_DROPOUT avg=$DEMO_AVG"
+if [[ -f "$OUT/settings.txt" && "$(cat "$OUT/settings.txt")" != "$SETTINGS" && "$FRESH" == 0 ]]; then
+    echo "note: the demo settings differ from the previous run in $OUT; redoing every stage"
+    FRESH=1
+fi
+if [[ "$FRESH" == 1 ]]; then
+    rm -f "$STAMPS"/*.done
+fi
+echo "$SETTINGS" >"$OUT/settings.txt"
+
+MODEL_ARGS=(--encoder-embed-dim "$DEMO_DIM" --encoder-ffn-embed-dim "$DEMO_FFN" --encoder-layers "$DEMO_LAYERS"
+    --encoder-attention-heads "$DEMO_HEADS" --decoder-embed-dim "$DEMO_DIM" --decoder-ffn-embed-dim "$DEMO_FFN"
+    --decoder-layers "$DEMO_LAYERS" --decoder-attention-heads "$DEMO_HEADS" --conv-channels "$DEMO_DIM")
+
+# The tiny HuBERT is random: let its conv front-end learn at the full rate (pretraining used 0.1) and keep all layers.
+HUBERT_TRAIN_ARGS=(--hubert-feature-grad-mult 1.0 --hubert-layerdrop 0)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage runner: headings, a progress line every 20 s while a stage runs, a log per stage, stamps with the time taken.
+STAGES=(corpus hubert mt fp svcd_cross_attn svcd_decoder generate_fp generate_svcd_cross_attn
+    generate_svcd_decoder results curves)
+STAGE_NO=0
+T_START=$(date +%s.%N)
+
+elapsed_since() {
+    awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'
+}
+
+progress_of() {
+    # the newest "num_updates=N" (training) or "H-" count (decoding) in a stage log
+    local log="$1" n
+    n="$(grep -o 'num_updates=[0-9]*' "$log" 2>/dev/null | tail -n 1 | cut -d= -f2 || true)"
+    if [[ -n "$n" ]]; then
+        echo "update $n"
+        return
+    fi
+    n="$(grep -c '^H-' "$log" 2>/dev/null || true)"
+    if [[ -n "$n" && "$n" != 0 ]]; then echo "$n sentences decoded"; fi
+}
+
+stage() {
+    local name="$1" title="$2" func="$3"
+    STAGE_NO=$((STAGE_NO + 1))
+    local head="[$STAGE_NO/${#STAGES[@]}] $name"
+    local stamp="$STAMPS/$name.done" log="$LOGS/$name.log"
+    if [[ -f "$stamp" ]]; then
+        echo "== $head: skip (done earlier in $(cat "$stamp") s; --fresh redoes it)"
+        return 0
+    fi
+    echo "== $head: $title"
+    local t0 pid waited=0 status=0
+    t0=$(date +%s.%N)
+    ("$func") >"$log" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        waited=$((waited + 1))
+        if ((waited % 20 == 0)); then
+            echo "   ... ${waited}s $(progress_of "$log")"
+        fi
+    done
+    wait "$pid" || status=$?
+    if [[ "$status" != 0 ]]; then
+        echo "   --- last lines of $log ---" >&2
+        tail -n 15 "$log" >&2
+        echo "error: demo stage '$name' failed (exit $status); full log: $log" >&2
+        exit 1
+    fi
+    local secs
+    secs="$(elapsed_since "$t0")"
+    echo "$secs" >"$stamp"
+    echo "   done in ${secs} s (log: $log)"
+}
+
+stage_seconds() {
+    cat "$STAMPS/$1.done"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+do_corpus() {
+    rm -rf "$MUSTC" "$DATA_ROOT"
+    run_logged "$PYTHON" "$REPO/data_prep/make_toy_mustc.py" --out "$MUSTC" --tgt-langs "$TGT" --seed "$DEMO_SEED" \
+        --train "$DEMO_TRAIN" --dev "$DEMO_DEV" --test "$DEMO_TEST"
+    MUSTC_ROOT="$MUSTC" VOCAB_SIZE="$DEMO_VOCAB" "$REPO/scripts/prep_mustc.sh"
+}
+
+do_hubert() {
+    rm -rf "$HUBERT_DIR"
+    run_logged "$PYTHON" "$REPO/data_prep/make_tiny_checkpoints.py" --out "$HUBERT_DIR" --seed "$DEMO_SEED" \
+        --dim "$DEMO_HUBERT_DIM" --ffn "$DEMO_HUBERT_FFN" --layers "$DEMO_HUBERT_LAYERS" \
+        --heads "$DEMO_HUBERT_HEADS" --conv-dim "$DEMO_HUBERT_CONV"
+}
+
+# Training settings shared by the demo's runs (CPU-sized versions of the CRESS recipe's values).
+demo_train_env() {
+    export SEED="$DEMO_SEED" LOG_INTERVAL=10 PATIENCE=0 MAX_EPOCH=0 UPDATE_FREQ=1 NUM_WORKERS=0
+}
+
+do_mt() {
+    rm -rf "$RUNS/mt"
+    demo_train_env
+    SAVE_DIR="$RUNS/mt" LR="$DEMO_MT_LR" WARMUP=$((DEMO_MT_UPDATES / 3 + 1)) MAX_UPDATE="$DEMO_MT_UPDATES" \
+        MAX_TOKENS_TEXT=4096 AVG_LAST=1 DROPOUT="$DEMO_DROPOUT" "$REPO/scripts/train_mt.sh" "${MODEL_ARGS[@]}"
+}
+
+do_fp() {
+    rm -rf "$RUNS/fp"
+    demo_train_env
+    SAVE_DIR="$RUNS/fp" LR="$DEMO_ST_LR" WARMUP=$((DEMO_ST_UPDATES / 13 + 1)) MAX_UPDATE="$DEMO_ST_UPDATES" \
+        BATCH_SIZE="$DEMO_BATCH" MAX_TOKENS=2000000 EVAL_BLEU=0 FREEZE_HUBERT="$DEMO_FREEZE_HUBERT" DROPOUT="$DEMO_DROPOUT" \
+        "$REPO/scripts/train_st_baseline.sh" "${MODEL_ARGS[@]}" "${HUBERT_TRAIN_ARGS[@]}"
+    run_logged "$PYTHON" "$REPO/scripts/average_checkpoints.py" --inputs "$RUNS/fp" --num "$DEMO_AVG" \
+        --output "$FP_CKPT_PATH"
+}
+
+svcd() {
+    local targets="$1"
+    rm -rf "$RUNS/svcd_$targets"
+    demo_train_env
+    SAVE_DIR="$RUNS/svcd_$targets" FP_CKPT="$FP_CKPT_PATH" QUANT_TARGETS="$targets" QUANT_METHOD=svcd \
+        LR="$DEMO_SVCD_LR" WARMUP=$((DEMO_SVCD_UPDATES / 4 + 1)) MAX_UPDATE="$DEMO_SVCD_UPDATES" MAX_EPOCH=0 \
+        BATCH_SIZE="$DEMO_BATCH" MAX_TOKENS=2000000 EVAL_BLEU=0 "$REPO/scripts/train_svcd.sh"
+}
+do_svcd_cross_attn() { svcd cross_attn; }
+do_svcd_decoder() { svcd decoder; }
+
+generate() {
+    local run="$1"
+    rm -f "$RUNS/$run/bleu.tst-COMMON.txt"
+    SAVE_DIR="$RUNS/$run" AVG_LAST="$DEMO_AVG" BEAM="$DEMO_BEAM" "$REPO/scripts/generate.sh"
+}
+do_generate_fp() { generate fp; }
+do_generate_svcd_cross_attn() { generate svcd_cross_attn; }
+do_generate_svcd_decoder() { generate svcd_decoder; }
+
+total_seconds() {
+    local s total=0 name
+    for name in "${STAGES[@]}"; do
+        [[ "$name" == results || "$name" == curves ]] && continue
+        s="$(stage_seconds "$name")"
+        total="$(awk -v a="$total" -v b="$s" 'BEGIN{print a+b}')"
+    done
+    echo "$total"
+}
+
+do_results() {
+    local args=() run secs
+    for run in fp svcd_cross_attn svcd_decoder; do
+        secs="$(stage_seconds "$run")"
+        args+=(--system "$run" "$RUNS/$run/checkpoint_avg_last$DEMO_AVG.pt" "$RUNS/$run/bleu.tst-COMMON.txt" "$secs")
+    done
+    run_logged "$PYTHON" "$REPO/scripts/demo_results.py" --data "$DATA" --total-seconds "$(total_seconds)" \
+        --out-dir "$OUT" "${args[@]}"
+}
+
+do_curves() {
+    run_logged "$PYTHON" "$REPO/scripts/plot_curves.py" --out "$OUT/curves.png" \
+        --title "demo en-de: loss per run (tensorboard logs)" --run "mt=$RUNS/mt/tensorboard" \
+        --run "fp=$RUNS/fp/tensorboard" --run "svcd_cross_attn=$RUNS/svcd_cross_attn/tensorboard" \
+        --run "svcd_decoder=$RUNS/svcd_decoder/tensorboard"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+echo "cress_bitnet CPU demo -> $OUT  (OMP_NUM_THREADS=$OMP_NUM_THREADS)"
+echo "settings: $SETTINGS"
+stage corpus "synthetic MuST-C en-de corpus ($DEMO_TRAIN/$DEMO_DEV/$DEMO_TEST segments), manifests, spm, MT binary" \
+    do_corpus
+stage hubert "tiny random-init HuBERT checkpoint in the real release format" do_hubert
+stage mt "MT pretraining on the corpus text ($DEMO_MT_UPDATES updates)" do_mt
+stage fp "FP speech translation, hubert_transformer from HuBERT + MT ($DEMO_ST_UPDATES updates)" do_fp
+stage svcd_cross_attn "SVCD 1-bit fine-tuning of the decoder cross-attention ($DEMO_SVCD_UPDATES updates)" \
+    do_svcd_cross_attn
+stage svcd_decoder "SVCD 1-bit fine-tuning of every decoder linear layer ($DEMO_SVCD_UPDATES updates)" \
+    do_svcd_decoder
+stage generate_fp "decode tst-COMMON with the FP model, sacreBLEU" do_generate_fp
+stage generate_svcd_cross_attn "decode tst-COMMON with svcd_cross_attn, sacreBLEU" do_generate_svcd_cross_attn
+stage generate_svcd_decoder "decode tst-COMMON with svcd_decoder, sacreBLEU" do_generate_svcd_decoder
+stage results "results table" do_results
+stage curves "loss curves" do_curves
+
+echo
+echo "== results ($OUT/results.md)"
+tail -n +3 "$OUT/results.md"
+echo "curves: $OUT/curves.png"
+echo "this run took $(elapsed_since "$T_START") s"
