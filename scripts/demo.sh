@@ -25,8 +25,9 @@ Environment (default):
                        tiny random-init HuBERT (96 / 192 / 2 / 4 / 32 conv channels)
   DEMO_FREEZE_HUBERT   1 = keep the tiny HuBERT fixed during ST training (0)
   DEMO_MT_UPDATES      MT pretraining updates (150)       DEMO_MT_LR   3e-3
-  DEMO_ST_UPDATES      FP ST training updates (800)        DEMO_ST_LR   4e-3
+  DEMO_ST_UPDATES      FP ST training updates (1100)       DEMO_ST_LR   4e-3
   DEMO_SVCD_UPDATES    updates of each SVCD fine-tuning (100) DEMO_SVCD_LR 1e-3
+  DEMO_SVCD_INIT       SVCD g/h init (signvalue; constraint reproduces the paper's, see README)
   DEMO_DROPOUT         dropout of the text encoder/decoder in MT and FP training (0)
   DEMO_AVG             checkpoints averaged for the SVCD start point and for decoding (1: the last one)
   DEMO_BATCH           ST batch size in utterances (16)
@@ -72,10 +73,11 @@ DEMO_HUBERT_CONV="${DEMO_HUBERT_CONV:-32}"
 DEMO_FREEZE_HUBERT="${DEMO_FREEZE_HUBERT:-0}"
 DEMO_MT_UPDATES="${DEMO_MT_UPDATES:-150}"
 DEMO_MT_LR="${DEMO_MT_LR:-3e-3}"
-DEMO_ST_UPDATES="${DEMO_ST_UPDATES:-800}"
+DEMO_ST_UPDATES="${DEMO_ST_UPDATES:-1100}"
 DEMO_ST_LR="${DEMO_ST_LR:-4e-3}"
 DEMO_SVCD_UPDATES="${DEMO_SVCD_UPDATES:-100}"
 DEMO_SVCD_LR="${DEMO_SVCD_LR:-1e-3}"
+DEMO_SVCD_INIT="${DEMO_SVCD_INIT:-signvalue}"
 DEMO_DROPOUT="${DEMO_DROPOUT:-0}"
 DEMO_AVG="${DEMO_AVG:-1}"
 DEMO_BATCH="${DEMO_BATCH:-16}"
@@ -99,7 +101,7 @@ mkdir -p "$LOGS" "$STAMPS"
 SETTINGS="train=$DEMO_TRAIN dev=$DEMO_DEV test=$DEMO_TEST vocab=$DEMO_VOCAB dim=$DEMO_DIM ffn=$DEMO_FFN"
 SETTINGS+=" layers=$DEMO_LAYERS heads=$DEMO_HEADS hubert=$DEMO_HUBERT_DIM/$DEMO_HUBERT_FFN/$DEMO_HUBERT_LAYERS"
 SETTINGS+="/$DEMO_HUBERT_HEADS/$DEMO_HUBERT_CONV freeze=$DEMO_FREEZE_HUBERT mt=$DEMO_MT_UPDATES@$DEMO_MT_LR"
-SETTINGS+=" st=$DEMO_ST_UPDATES@$DEMO_ST_LR svcd=$DEMO_SVCD_UPDATES@$DEMO_SVCD_LR batch=$DEMO_BATCH"
+SETTINGS+=" st=$DEMO_ST_UPDATES@$DEMO_ST_LR svcd=$DEMO_SVCD_UPDATES@$DEMO_SVCD_LR/$DEMO_SVCD_INIT batch=$DEMO_BATCH"
 SETTINGS+=" beam=$DEMO_BEAM seed=$DEMO_SEED dropout=$DEMO_DROPOUT avg=$DEMO_AVG"
 if [[ -f "$OUT/settings.txt" && "$(cat "$OUT/settings.txt")" != "$SETTINGS" && "$FRESH" == 0 ]]; then
     echo "note: the demo settings differ from the previous run in $OUT; redoing every stage"
@@ -220,6 +222,7 @@ svcd() {
     rm -rf "$RUNS/svcd_$targets"
     demo_train_env
     SAVE_DIR="$RUNS/svcd_$targets" FP_CKPT="$FP_CKPT_PATH" QUANT_TARGETS="$targets" QUANT_METHOD=svcd \
+        QUANT_INIT="$DEMO_SVCD_INIT" \
         LR="$DEMO_SVCD_LR" WARMUP=$((DEMO_SVCD_UPDATES / 4 + 1)) MAX_UPDATE="$DEMO_SVCD_UPDATES" MAX_EPOCH=0 \
         BATCH_SIZE="$DEMO_BATCH" MAX_TOKENS=2000000 EVAL_BLEU=0 "$REPO/scripts/train_svcd.sh"
 }

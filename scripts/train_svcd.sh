@@ -21,7 +21,8 @@ Environment (default):
   FP_CKPT        FP ST checkpoint (\$CKPT_ROOT/en-\$TGT.st_baseline/checkpoint_best.pt)
   QUANT_TARGETS  what to quantize: cross_attn | decoder | self_attn | ffn | encoder | all | cross_attn.q ... (cross_attn)
   QUANT_METHOD   svcd (see cress_bitnet.quantization.QUANTIZERS)
-  QUANT_INIT     optional --quant-init (e.g. constraint)
+  QUANT_INIT     svcd g/h init: signvalue (default: starts from the FP layer's function) | constraint (the paper's)
+                 | unconstrained | svd
   QUANT_ACT      optional --quant-act (e.g. per_token)
   KD_WEIGHT      optional --kd-weight (distillation from FP_CKPT; 0 = off)
   SAVE_DIR       output folder (\$CKPT_ROOT/en-\$TGT.svcd_\$QUANT_TARGETS)
@@ -57,7 +58,7 @@ require_file "$FP_CKPT" "FP ST checkpoint (FP_CKPT; run scripts/train_st_baselin
 device_args DEVICE_ARGS
 if [[ "$DEVICE" == gpu ]]; then NUM_WORKERS="${NUM_WORKERS:-4}"; else NUM_WORKERS="${NUM_WORKERS:-0}"; fi
 OPT_ARGS=(--quant-method "$QUANT_METHOD" --quant-targets "$QUANT_TARGETS")
-if [[ -n "${QUANT_INIT:-}" ]]; then OPT_ARGS+=(--quant-init "$QUANT_INIT"); fi
+if [[ "$QUANT_METHOD" == svcd ]]; then OPT_ARGS+=(--quant-init "${QUANT_INIT:-signvalue}"); fi
 if [[ -n "${QUANT_ACT:-}" ]]; then OPT_ARGS+=(--quant-act "$QUANT_ACT"); fi
 if [[ -n "${KD_WEIGHT:-}" ]]; then OPT_ARGS+=(--kd-weight "$KD_WEIGHT"); fi
 if [[ "${MT_FINETUNE:-1}" == 1 ]]; then OPT_ARGS+=(--mt-finetune); fi

@@ -440,3 +440,26 @@ def test_output_can_be_modified_in_place(method: str, bias: bool) -> None:
     y *= 0.5
     y.sum().backward()
     assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+
+
+def test_signvalue_init_preserves_the_trained_layer():
+    """SVCD's sign-value init fits W - α = sign(W - α) ⊙ |W - α| with |W - α| ≈ h gᵀ (rank-1, non-negative)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 96)
+    nn.init.normal_(linear.weight, std=0.05)
+    nn.init.normal_(linear.bias, std=0.1)
+    x = torch.nn.functional.layer_norm(torch.randn(200, 256), (256,))
+    reference = linear(x)
+
+    def cosine(init: str) -> float:
+        layer = SVCDLinear.from_linear(linear, init=init).eval()
+        with torch.no_grad():
+            return torch.nn.functional.cosine_similarity(layer(x).flatten(), reference.flatten(), dim=0).item()
+
+    signvalue = SVCDLinear.from_linear(linear, init="signvalue")
+    assert (signvalue.g >= 0).all() and (signvalue.h > 0).all()
+    # the bias is re-parametrised because it is added before ⊙ h: h ⊙ bias reproduces the trained bias
+    torch.testing.assert_close(signvalue.h * signvalue.bias, linear.bias, rtol=1e-5, atol=1e-6)
+    # Gaussian weights: E|w| / sqrt(E w²) = sqrt(2/π) ≈ 0.80 is the best a sign-times-rank-1 fit can do
+    assert cosine("signvalue") > 0.75
+    assert abs(cosine("constraint")) < 0.2 and abs(cosine("svd")) < 0.2

@@ -154,7 +154,8 @@ class QuantTransformerModel(HubertTransformerModel):
         a = parser.add_argument
         a("--pretrained-st-checkpoint", help="trained FP hubert_transformer checkpoint to start from")
         a("--quant-method", choices=sorted(QUANTIZERS), help="quantizer (default svcd)")
-        a("--quant-init", choices=["constraint", "unconstrained", "svd"], help="SVCD g/h init (default constraint)")
+        a("--quant-init", choices=["constraint", "unconstrained", "svd", "signvalue"],
+          help="SVCD g/h init (default constraint; signvalue: function-preserving sign x rank-1 |W| fit)")
         a("--quant-groups", type=int, help="weight groups over output rows (svcd, bitnet)")
         a("--quant-bits", type=int, help="bits (bcq: 1-4, minmax: 2-8)")
         a("--quant-act", choices=["per_token", "seed", "none"], help="activation quantizer (default per_token)")

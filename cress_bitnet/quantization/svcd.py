@@ -12,7 +12,8 @@ from .base import QuantLinear
 from .common import check_num_groups, fake_quant_per_token, row_group_mean, seed_act_rescale, sign_pm1, straight_through
 from .packing import packed_bits
 
-SVCD_INITS = ("constraint", "unconstrained", "svd")
+SVCD_INITS = ("constraint", "unconstrained", "svd", "signvalue")
+WEIGHT_INITS = ("svd", "signvalue")  # computed from the (copied) weight
 SVCD_ACT_QUANT = ("per_token", "seed", "none")
 
 
@@ -65,7 +66,7 @@ class SVCDLinear(QuantLinear):
 
     def reset_gh(self) -> None:
         """(Re)initialise g and h according to ``init``."""
-        if self.init == "svd":
+        if self.init in WEIGHT_INITS:
             self.init_from_weight()
             return
         bound = 1.0 / math.sqrt(self.in_features) if self.init == "constraint" else 1.0
@@ -74,12 +75,35 @@ class SVCDLinear(QuantLinear):
 
     @torch.no_grad()
     def init_from_weight(self) -> None:
-        """For init="svd": g, h = first right / left singular vectors of the current W (assigned by size)."""
-        if self.init != "svd":
+        """Weight-dependent inits.
+
+        * ``svd`` (the paper's ablation): g, h = first right / left singular vectors of W, assigned by size.
+        * ``signvalue``: W − α = sign(W − α) ⊙ |W − α|, and the non-negative |W − α| ≈ σ·u·vᵀ (its Perron vectors,
+          both ≥ 0), so h = √σ·u, g = √σ·v make diag(h)·sign(W − α)·diag(g) the best sign-times-rank-1 fit of the
+          trained W; α·Σx vanishes on the LayerNorm'd (zero-mean) input, and the bias is divided by h because it is
+          added before the ⊙ h. The swapped layer then starts close to the trained one instead of from random g, h.
+        """
+        if self.init not in WEIGHT_INITS:
             return
-        u, _, vh = torch.linalg.svd(self.weight.float(), full_matrices=False)
-        self.g.copy_(vh[0, :])
-        self.h.copy_(u[:, 0])
+        w = self.weight.float()
+        if self.init == "svd":
+            u, _, vh = torch.linalg.svd(w, full_matrices=False)
+            self.g.copy_(vh[0, :])
+            self.h.copy_(u[:, 0])
+            return
+        magnitude = (w - row_group_mean(w, self.num_groups)).abs()
+        u, s, vh = torch.linalg.svd(magnitude, full_matrices=False)
+        u0, v0 = u[:, 0], vh[0, :]
+        if u0.sum() < 0:  # the Perron vectors of a non-negative matrix are one-signed; pick the positive pair
+            u0, v0 = -u0, -v0
+        scale = s[0].sqrt()
+        h = u0 * scale
+        # near-dead rows would get a tiny h and a huge b / h, which would dominate the per-token 8-bit scale
+        h = h.clamp_min(0.1 * h.mean())
+        self.h.copy_(h)
+        self.g.copy_((v0 * scale).clamp_min(0))
+        if self.bias is not None:
+            self.bias.copy_(self.bias.float() / h)
 
     def binary_weight(self) -> Tensor:
         """±1 matrix sign(W_k − mean W_k) in W's dtype, with the (centred) straight-through gradient."""
