@@ -106,3 +106,14 @@ on_off() {
     [[ "$2" == "1" ]] && echo "$1"
     return 0
 }
+
+# Every recipe starts the same way: --help (the script's own usage), then TGT, the interpreter and the default paths.
+recipe_start() {
+    if want_help "$@"; then
+        usage
+        exit 0
+    fi
+    check_tgt
+    check_python
+    default_paths
+}

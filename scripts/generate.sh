@@ -31,13 +31,7 @@ Environment (default):
 EOF
 }
 
-if want_help "$@"; then
-    usage
-    exit 0
-fi
-check_tgt
-check_python
-default_paths
+recipe_start "$@"
 SAVE_DIR="${SAVE_DIR:-$ST_DIR}"
 SUBSET="${SUBSET:-tst-COMMON}"
 AVG_LAST="${AVG_LAST:-10}"

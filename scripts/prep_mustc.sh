@@ -23,13 +23,7 @@ Environment (default):
 EOF
 }
 
-if want_help "$@"; then
-    usage
-    exit 0
-fi
-check_tgt
-check_python
-default_paths
+recipe_start "$@"
 MUSTC_ROOT="${MUSTC_ROOT:-$REPO/data/mustc}"
 VOCAB_SIZE="${VOCAB_SIZE:-10000}"
 if [[ ! -d "$MUSTC_ROOT/en-$TGT" && "$(basename "$MUSTC_ROOT")" != "en-$TGT" ]]; then

@@ -38,13 +38,7 @@ Environment (default):
 EOF
 }
 
-if want_help "$@"; then
-    usage
-    exit 0
-fi
-check_tgt
-check_python
-default_paths
+recipe_start "$@"
 SAVE_DIR="${SAVE_DIR:-$ST_DIR}"
 TB_DIR="${TB_DIR:-$SAVE_DIR/tensorboard}"
 ARCH="${ARCH:-hubert_transformer_postln}"

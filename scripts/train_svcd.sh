@@ -40,13 +40,7 @@ Environment (default):
 EOF
 }
 
-if want_help "$@"; then
-    usage
-    exit 0
-fi
-check_tgt
-check_python
-default_paths
+recipe_start "$@"
 FP_CKPT="${FP_CKPT:-$ST_DIR/checkpoint_best.pt}"
 QUANT_TARGETS="${QUANT_TARGETS:-cross_attn}"
 QUANT_METHOD="${QUANT_METHOD:-svcd}"
