@@ -25,7 +25,7 @@ Environment (default):
                        tiny random-init HuBERT (96 / 192 / 2 / 4 / 32 conv channels)
   DEMO_FREEZE_HUBERT   1 = keep the tiny HuBERT fixed during ST training (0)
   DEMO_MT_UPDATES      MT pretraining updates (150)       DEMO_MT_LR   3e-3
-  DEMO_ST_UPDATES      FP ST training updates (1100)       DEMO_ST_LR   4e-3
+  DEMO_ST_UPDATES      FP ST training updates (800)        DEMO_ST_LR   4e-3
   DEMO_SVCD_UPDATES    updates of each SVCD fine-tuning (100) DEMO_SVCD_LR 1e-3
   DEMO_SVCD_INIT       SVCD g/h init (signvalue; constraint reproduces the paper's, see README)
   DEMO_DROPOUT         dropout of the text encoder/decoder in MT and FP training (0)
@@ -73,7 +73,7 @@ DEMO_HUBERT_CONV="${DEMO_HUBERT_CONV:-32}"
 DEMO_FREEZE_HUBERT="${DEMO_FREEZE_HUBERT:-0}"
 DEMO_MT_UPDATES="${DEMO_MT_UPDATES:-150}"
 DEMO_MT_LR="${DEMO_MT_LR:-3e-3}"
-DEMO_ST_UPDATES="${DEMO_ST_UPDATES:-1100}"
+DEMO_ST_UPDATES="${DEMO_ST_UPDATES:-800}"
 DEMO_ST_LR="${DEMO_ST_LR:-4e-3}"
 DEMO_SVCD_UPDATES="${DEMO_SVCD_UPDATES:-100}"
 DEMO_SVCD_LR="${DEMO_SVCD_LR:-1e-3}"
