@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cress_bitnet.fileio import atomic_output
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, of the wrong kind or needs an unsafe global."""
@@ -117,13 +119,8 @@ def _atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
     """Copy through a temporary file and an atomic rename, so a kill mid-copy never leaves a truncated file."""
     if os.path.exists(dst_path) and not overwrite:
         return False
-    tmp = f"{dst_path}.tmp{os.getpid()}"
-    try:
+    with atomic_output(dst_path) as tmp:
         shutil.copyfile(src_path, tmp)
-        os.replace(tmp, dst_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return True
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from cress_bitnet.checkpoints import load_checkpoint
+from cress_bitnet.fileio import atomic_output
 from cress_bitnet.quantization.base import QuantLinear
 from cress_bitnet.quantization.packed import AUX_DTYPE, pack_quantized
 from cress_bitnet.quantization.registry import QUANTIZERS
@@ -206,9 +207,8 @@ def export_checkpoint(
     state = load_checkpoint(src, what="quantized checkpoint")
     out, report = export_state(state, fp16_rest=fp16_rest, aux_dtype=aux_dtype)
     dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, dst)
+    with atomic_output(dst) as tmp:
+        torch.save(out, tmp)
     report["file_bytes"] = dst.stat().st_size
     report["input_file_bytes"] = Path(src).stat().st_size
     return report

@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import multiprocessing as mp
-import os
 import random
 import shutil
 import sys
@@ -41,6 +40,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cress_bitnet.data.audio import SAMPLE_RATE, resample_mono  # noqa: E402
+from cress_bitnet.fileio import atomic_output  # noqa: E402
 
 SPLITS = ("train", "dev", "tst-COMMON")
 TALK_ID_BASE = {"train": 1000, "dev": 5000, "tst-COMMON": 7000}
@@ -662,9 +662,8 @@ def _talk_key(talk: Talk, texts: list[str]) -> str:
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _assemble(talk: Talk, segments: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -749,10 +748,8 @@ def _write_text_if_changed(path: Path, text: str) -> None:
 def _copy_if_changed(src: Path, dst: Path) -> None:
     if dst.exists() and dst.stat().st_size == src.stat().st_size and dst.read_bytes() == src.read_bytes():
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_output(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _read_exclusions(path: str) -> set[str]:

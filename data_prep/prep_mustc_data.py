@@ -40,6 +40,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cress_bitnet.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio  # noqa: E402
 from cress_bitnet.data.manifest import ManifestError, ManifestRow, read_manifest, write_manifest  # noqa: E402
+from cress_bitnet.fileio import atomic_output  # noqa: E402
 
 MUSTC_LANGS = ("de", "es", "fr", "it", "nl", "pt", "ro", "ru")
 SPM_SPECIALS = {"bos_id": 0, "pad_id": 1, "eos_id": 2, "unk_id": 3}
@@ -138,10 +139,8 @@ def _clean(text: str) -> str:
 def convert_to_16k_mono(src: Path, dst: Path) -> None:
     """Resample/downmix a whole talk once (torchaudio resampling via read_audio) and write 16-bit PCM atomically."""
     wave = read_audio(str(src))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp.wav")
-    sf.write(str(tmp), wave.numpy(), SAMPLE_RATE, subtype="PCM_16")
-    os.replace(tmp, dst)
+    with atomic_output(dst) as tmp:
+        sf.write(str(tmp), wave.numpy(), SAMPLE_RATE, subtype="PCM_16")
 
 
 def build_rows(

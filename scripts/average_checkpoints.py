@@ -16,16 +16,15 @@ Example: ``python scripts/average_checkpoints.py --inputs checkpoints/en-de.st -
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's cress_bitnet, not an installed copy
 import cress_bitnet  # noqa: E402, F401  (registers the weights_only allowlist)
+from cress_bitnet.fileio import atomic_output  # noqa: E402
 
 EPOCH = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
@@ -71,15 +70,8 @@ def average(paths: list[Path]) -> dict:
 
 
 def save_atomic(state: dict, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
+    with atomic_output(output) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:

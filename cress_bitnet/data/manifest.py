@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cress_bitnet.fileio import atomic_output
+
 MANIFEST_COLUMNS = ("id", "audio", "n_frames", "src_text", "tgt_text", "speaker")
 REQUIRED_COLUMNS = ("id", "audio", "n_frames", "tgt_text")
 
@@ -130,8 +132,5 @@ def write_manifest(path: str | Path, rows: Iterable[ManifestRow | Mapping[str, A
                 )
             out.append(v)
         lines.append("\t".join(out))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
         f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
