@@ -43,7 +43,8 @@ check_python() {
         || die "python not found at '$PYTHON'; set PYTHON to the interpreter that has fairseq and cress_bitnet"
 }
 
-# device_args NAME: NAME=(--fp16 ...) on a GPU, NAME=(--cpu) otherwise. FP16=0 turns fp16 off on a GPU too.
+# device_args NAME: NAME=(--fp16 ...) on a GPU, NAME=(--cpu) otherwise (FP16=0 turns fp16 off on a GPU too);
+# also sets DEVICE and the default NUM_WORKERS.
 device_args() {
     local -n _out="$1"
     local cuda
@@ -61,6 +62,8 @@ device_args() {
         log "no GPU found: running on CPU in fp32 (--fp16 dropped)"
         DEVICE=cpu
     fi
+    # data-loading workers: 4 beside a GPU, none on CPU (they would compete with training for the cores)
+    if [[ "$DEVICE" == gpu ]]; then NUM_WORKERS="${NUM_WORKERS:-4}"; else NUM_WORKERS="${NUM_WORKERS:-0}"; fi
 }
 
 run_logged() {

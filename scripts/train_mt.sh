@@ -46,7 +46,6 @@ require_dir "$TEXT_DATA" "binarized MT text (TEXT_DATA; run scripts/prep_mustc.s
 require_file "$HUBERT" "HuBERT checkpoint (HUBERT)"
 
 device_args DEVICE_ARGS
-if [[ "$DEVICE" == gpu ]]; then NUM_WORKERS="${NUM_WORKERS:-4}"; else NUM_WORKERS="${NUM_WORKERS:-0}"; fi
 INIT_ARGS=()
 if [[ -n "${INIT_MT:-}" ]]; then
     require_file "$INIT_MT" "INIT_MT checkpoint"

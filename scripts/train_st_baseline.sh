@@ -47,7 +47,6 @@ require_dir "$DATA" "prepared data (DATA; run scripts/prep_mustc.sh)"
 require_file "$HUBERT" "HuBERT checkpoint (HUBERT)"
 
 device_args DEVICE_ARGS
-if [[ "$DEVICE" == gpu ]]; then NUM_WORKERS="${NUM_WORKERS:-4}"; else NUM_WORKERS="${NUM_WORKERS:-0}"; fi
 OPT_ARGS=()
 if [[ "$MT_CKPT" != none ]]; then
     require_file "$MT_CKPT" "MT checkpoint (MT_CKPT; run scripts/train_mt.sh, or MT_CKPT=none)"

@@ -50,7 +50,6 @@ require_dir "$DATA" "prepared data (DATA; run scripts/prep_mustc.sh)"
 require_file "$FP_CKPT" "FP ST checkpoint (FP_CKPT; run scripts/train_st_baseline.sh)"
 
 device_args DEVICE_ARGS
-if [[ "$DEVICE" == gpu ]]; then NUM_WORKERS="${NUM_WORKERS:-4}"; else NUM_WORKERS="${NUM_WORKERS:-0}"; fi
 OPT_ARGS=(--quant-method "$QUANT_METHOD" --quant-targets "$QUANT_TARGETS")
 if [[ "$QUANT_METHOD" == svcd ]]; then OPT_ARGS+=(--quant-init "${QUANT_INIT:-signvalue}"); fi
 if [[ -n "${QUANT_ACT:-}" ]]; then OPT_ARGS+=(--quant-act "$QUANT_ACT"); fi
