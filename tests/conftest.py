@@ -133,3 +133,15 @@ def generate_args(toy: ToyData, checkpoint: Path, *extra: str) -> list[str]:
         "--config-yaml", "config.yaml", "--gen-subset", "tst-COMMON", "--path", str(checkpoint),
         "--max-tokens", "400000", "--beam", "2", "--scoring", "sacrebleu", "--cpu", *extra,
     ]
+
+
+@pytest.fixture(params=["kernel", "fallback"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a packed-inference test once with the C++ kernel and once with the forced unpack + F.linear fallback."""
+    from cress_bitnet import kernels
+
+    if request.param == "fallback":
+        monkeypatch.setenv(kernels.FORCE_FALLBACK_ENV, "1")
+    else:
+        monkeypatch.delenv(kernels.FORCE_FALLBACK_ENV, raising=False)
+    return request.param

@@ -11,15 +11,6 @@ OUT = [1, 7, 33]
 BATCH = [1, 3, 17]
 
 
-@pytest.fixture(params=["kernel", "fallback"])
-def mode(request, monkeypatch):
-    if request.param == "fallback":
-        monkeypatch.setenv(kernels.FORCE_FALLBACK_ENV, "1")
-    else:
-        monkeypatch.delenv(kernels.FORCE_FALLBACK_ENV, raising=False)
-    return request.param
-
-
 def _dense_pm1(out, inp, gen):
     return torch.where(torch.rand(out, inp, generator=gen) < 0.5, -1.0, 1.0)
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from cress_bitnet import kernels
 from cress_bitnet.quantization import QUANTIZERS, QuantLinear, SVCDLinear, TSVDLinear, quantize_model
 from cress_bitnet.quantization.packed import (
     PACKED_METHODS,
@@ -36,15 +35,6 @@ CASES = [
     ("minmax", {}),
 ]
 IN_F, OUT_F = 80, 13
-
-
-@pytest.fixture(params=["kernel", "fallback"])
-def mode(request, monkeypatch):
-    if request.param == "fallback":
-        monkeypatch.setenv(kernels.FORCE_FALLBACK_ENV, "1")
-    else:
-        monkeypatch.delenv(kernels.FORCE_FALLBACK_ENV, raising=False)
-    return request.param
 
 
 def _trained(method, options, bias=True, seed=0):

@@ -52,8 +52,8 @@ class SpeechTextTripletDataset(BatchBySizeMixin, FairseqDataset):
         self.dictionary = dictionary
         self.standardize_audio = standardize_audio
         self.shuffle = shuffle
-        self.source = [self._encode(encode_text, r.src_text, r, append_eos=False) for r in rows]
-        targets = [self._encode(encode_text, r.tgt_text, r, append_eos=True) for r in rows]
+        self.source = [self._encode(encode_text, r.src_text, append_eos=False) for r in rows]
+        targets = [self._encode(encode_text, r.tgt_text, append_eos=True) for r in rows]
         if tgt_prefix_token is not None:
             targets = [torch.cat([targets[0].new_tensor([tgt_prefix_token]), t]) for t in targets]
         self.target = targets
@@ -61,7 +61,7 @@ class SpeechTextTripletDataset(BatchBySizeMixin, FairseqDataset):
         self.src_sizes = np.array([len(t) for t in self.source], dtype=np.int64)
         self.tgt_sizes = np.array([len(t) for t in self.target], dtype=np.int64)
 
-    def _encode(self, encode_text: Callable[[str], str], text: str, row: ManifestRow, append_eos: bool) -> torch.Tensor:
+    def _encode(self, encode_text: Callable[[str], str], text: str, append_eos: bool) -> torch.Tensor:
         pieces = encode_text(text)
         return self.dictionary.encode_line(pieces, add_if_not_exist=False, append_eos=append_eos).long()
 
