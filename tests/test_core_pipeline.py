@@ -25,13 +25,13 @@ def test_train_resume_and_generate_without_source_files(toy: ToyData, tmp_path: 
     shutil.copy(toy.hubert, hubert)
     shutil.copy(toy.mt_checkpoint, mt)
     save = tmp_path / "st"
-    args = toy.st_train_args(save, "--st-training", "--ext-mt-training", "--mt-finetune",
+    args = toy.st_train_args(save, "--st-training", "--ext-mt-training", "--mt-finetune", "--ctc-weight", "0.3",
                              "--load-pretrained-mt-encoder-decoder-from", str(mt),
                              "--eval-bleu", "--eval-bleu-args", '{"beam": 1}')
     args[args.index("--hubert-model-path") + 1] = str(hubert)
     log = output(fairseq("train", [*args, "--max-update", "3"]))
     assert re.search(r"loaded \d+ tensors from .*mt\.pt \(fairseq_transformer\)", log)
-    for part in ("st_loss", "mt_loss", "ext_mt_loss"):
+    for part in ("st_loss", "mt_loss", "ext_mt_loss", "ctc_loss"):
         assert re.search(rf"{part}=\d", log), f"{part} never logged"
     assert re.search(r"valid on 'dev' subset .*\| bleu \d", log)
     assert (save / "checkpoint_last.pt").is_file()

@@ -3,13 +3,21 @@
 * ST batches: CE of the translation given the audio; with ``--mt-finetune`` (training only) also CE of the
   translation given the transcript of the same utterances, through the shared text encoder.
 * External MT batches (``mode == "ext_mt"``): CE of the translation given the source text.
+* ``--ctc-weight W`` (training only) adds W x CTC of the speech encoder output against the transcript. Why: the
+  translation loss alone reaches the speech encoder only through cross-attention, so a model whose encoder starts
+  from little (a small or random HuBERT) can sit on the decoder's language-model plateau for a long time; CTC gives
+  every frame a direct signal. The logits reuse the decoder's output projection (joint dictionary, blank = ``<s>`` as
+  in fairseq's CTC criterion), so no parameter is added and checkpoints stay CRESS-compatible.
 * A model that distils from a teacher (``quant_transformer --kd-weight``) adds its KD term on ST batches.
-Each part is logged separately (``st_loss``, ``mt_loss``, ``ext_mt_loss``, ``kd_loss``), normalised by its own tokens.
+Each part is logged separately (``st_loss``, ``mt_loss``, ``ext_mt_loss``, ``ctc_loss``, ``kd_loss``), normalised by
+its own tokens (source tokens for CTC).
 """
 
 import math
 from dataclasses import dataclass, field
 
+import torch
+import torch.nn.functional as F
 from fairseq import metrics, utils
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
@@ -17,24 +25,50 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterionConfig,
 )
 
-PARTS = ("st", "mt", "ext_mt", "kd")
+PARTS = ("st", "mt", "ext_mt", "ctc", "kd")
 
 
 @dataclass
 class SpeechAndTextTranslationCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
     mt_finetune: bool = field(default=False, metadata={"help": "also train MT on the transcript of ST batches"})
+    ctc_weight: float = field(
+        default=0.0, metadata={"help": "weight of an auxiliary CTC loss of the speech encoder output vs the transcript"}
+    )
 
 
 @register_criterion("speech_and_text_translation", dataclass=SpeechAndTextTranslationCriterionConfig)
 class SpeechAndTextTranslationCriterion(LabelSmoothedCrossEntropyCriterion):
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,  # noqa: ANN001
-                 mt_finetune=False):  # noqa: ANN001
+                 mt_finetune=False, ctc_weight=0.0):  # noqa: ANN001
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        if ctc_weight < 0:
+            raise ValueError(f"--ctc-weight must be >= 0, got {ctc_weight}")
         self.mt_finetune = mt_finetune
+        self.ctc_weight = ctc_weight
+        self.blank_idx = task.target_dictionary.bos()
+        self.ignore_idx = {task.target_dictionary.pad(), task.target_dictionary.eos()}
 
     def _ce(self, model, net_output, sample):  # noqa: ANN001, ANN202
         loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=True)
         return loss, nll_loss
+
+    def ctc_loss(self, model, net_output, sample):  # noqa: ANN001, ANN201
+        """Summed CTC loss and number of transcript tokens of a speech batch."""
+        extra = net_output[1] if isinstance(net_output, (tuple, list)) and len(net_output) > 1 else None
+        if not isinstance(extra, dict) or "encoder_out" not in extra:
+            raise ValueError(f"--ctc-weight needs a model that returns its encoder output ({type(model).__name__})")
+        encoder_out = extra["encoder_out"]
+        x = encoder_out["encoder_out"][0]  # T x B x C
+        padding = encoder_out["encoder_padding_mask"][0]  # B x T
+        log_probs = F.log_softmax(model.decoder.output_layer(x).float(), dim=-1)
+        source = sample["source"]
+        keep = torch.ones_like(source, dtype=torch.bool)
+        for idx in self.ignore_idx:
+            keep &= source.ne(idx)
+        input_lengths = (~padding).long().sum(1) if padding is not None else source.new_full((x.size(1),), x.size(0))
+        loss = F.ctc_loss(log_probs, source[keep], input_lengths, keep.long().sum(1), blank=self.blank_idx,
+                          reduction="sum", zero_infinity=True)
+        return loss, int(keep.sum())
 
     def forward(self, model, sample, reduce=True):  # noqa: ANN001, ANN201
         net_input = sample["net_input"]
@@ -50,6 +84,10 @@ class SpeechAndTextTranslationCriterion(LabelSmoothedCrossEntropyCriterion):
                 mt_loss, mt_nll = self._ce(model, mt_output, sample)
                 log["mt_loss"], log["mt_ntokens"] = mt_loss.data, ntokens
                 loss, nll_loss = loss + mt_loss, nll_loss + mt_nll
+            if self.training and self.ctc_weight > 0:
+                ctc_loss, ctc_ntokens = self.ctc_loss(model, net_output, sample)
+                log["ctc_loss"], log["ctc_ntokens"] = ctc_loss.data, ctc_ntokens
+                loss = loss + self.ctc_weight * ctc_loss
             distill = getattr(model, "distillation_loss", None)
             if self.training and distill is not None:
                 kd_loss = distill(sample, net_output)

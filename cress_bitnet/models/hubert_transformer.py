@@ -195,7 +195,9 @@ class HubertTransformerModel(FairseqEncoderDecoderModel):
 
     def forward(self, src_tokens: Tensor, src_lengths: Tensor, mode: str, prev_output_tokens: Tensor) -> Any:
         encoder_out = self.encoder(src_tokens, src_lengths, mode)
-        return self.decoder(prev_output_tokens, encoder_out=encoder_out)
+        x, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out)
+        extra["encoder_out"] = encoder_out  # for the criterion's CTC term (--ctc-weight)
+        return x, extra
 
     def max_positions(self) -> None:
         return None  # the task enforces (audio samples, source tokens, target tokens)
