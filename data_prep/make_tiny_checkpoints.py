@@ -38,12 +38,66 @@ HUBERT_DEFAULTS: dict[str, Any] = {
     "conv_pos_groups": 4,
     "final_dim": 16,
     "num_units": 500,  # Base: layer6.km500 -> 504-symbol dictionary
+    "frontend": "random",
+    "frame_pool": 2,  # filterbank: 10 ms frames per output frame (2 -> 50 Hz as Base, 4 -> 25 Hz)
 }
+FRONTENDS = ("random", "filterbank")
 
 
-def _conv_layers(conv_dim: int) -> str:
+def _conv_layers(conv_dim: int, frontend: str = "random", frame_pool: int = 2) -> str:
+    if frontend == "filterbank":
+        # 25 ms windows every 10 ms (4 phases per band), then frame_pool frames each (2 -> 50 Hz, like Base's 320).
+        return f"[({4 * conv_dim},400,160)] + [({conv_dim},{frame_pool},{frame_pool})]"
     # Same strides/kernels as Base (downsampling 320, receptive field 400), only narrower.
     return f"[({conv_dim},10,5)] + [({conv_dim},3,2)] * 4 + [({conv_dim},2,2)] * 2"
+
+
+def _mel(hz: torch.Tensor) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + hz / 700.0)
+
+
+def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+def filterbank_frontend(
+    bands: int, *, frame_pool: int = 2, sample_rate: int = 16000, kernel: int = 400, fmin: float = 80.0,
+    fmax: float = 7600.0,
+) -> dict[str, torch.Tensor]:
+    """Weights that make HuBERT's two-layer conv extractor compute a mel-spaced band-magnitude spectrogram.
+
+    Why: a tiny HuBERT cannot be pretrained on a laptop, and a random conv front end must learn acoustics from the
+    translation loss alone, which a CPU demo cannot afford. This gives the stand-in what pretraining gives the real
+    one, a front end whose output already separates sounds; every weight stays trainable and in the release format.
+    The extractor runs in ``layer_norm`` mode (as HuBERT Large): layer 1 holds +cos, -cos, +sin, -sin Gabor filters per
+    band (bandwidth = mel spacing, unit norm), its LayerNorm over channels removes the frame's loudness and its GELU
+    rectifies; layer 2 averages the four rectified phases (|Re| + |Im| ~ magnitude) over ``frame_pool`` frames of 10 ms,
+    and its LayerNorm bias
+    of 1 keeps most bands on GELU's linear side.
+    """
+    edges = _mel_to_hz(torch.linspace(float(_mel(torch.tensor(fmin))), float(_mel(torch.tensor(fmax))), bands + 2,
+                                      dtype=torch.float64))
+    centers = edges[1:-1]
+    bandwidth = (edges[2:] - edges[:-2]) / 2
+    t = (torch.arange(kernel, dtype=torch.float64) - (kernel - 1) / 2) / sample_rate
+    sigma_t = 1.0 / (2 * math.pi * (bandwidth / 2))
+    envelope = torch.exp(-0.5 * (t[None, :] / sigma_t[:, None]) ** 2) * torch.hann_window(kernel, periodic=False,
+                                                                                            dtype=torch.float64)
+    phase = 2 * math.pi * centers[:, None] * t[None, :]
+    cos, sin = envelope * torch.cos(phase), envelope * torch.sin(phase)
+    cos, sin = cos / cos.norm(dim=1, keepdim=True), sin / sin.norm(dim=1, keepdim=True)
+    first = torch.stack([cos, -cos, sin, -sin], dim=1).reshape(4 * bands, 1, kernel)
+    second = torch.zeros(bands, 4 * bands, frame_pool, dtype=torch.float64)
+    for band in range(bands):
+        second[band, 4 * band:4 * band + 4, :] = 2.0 / frame_pool
+    return {
+        "feature_extractor.conv_layers.0.0.weight": first.float(),
+        "feature_extractor.conv_layers.0.2.1.weight": torch.ones(4 * bands),
+        "feature_extractor.conv_layers.0.2.1.bias": torch.zeros(4 * bands),
+        "feature_extractor.conv_layers.1.0.weight": second.float(),
+        "feature_extractor.conv_layers.1.2.1.weight": torch.ones(bands),
+        "feature_extractor.conv_layers.1.2.1.bias": torch.ones(bands),
+    }
 
 
 def _label_dictionary(num_units: int) -> Any:
@@ -57,7 +111,7 @@ def _label_dictionary(num_units: int) -> Any:
 
 def _hubert_args(
     *, dim: int, layers: int, ffn: int, heads: int, conv_dim: int, conv_pos: int, conv_pos_groups: int, final_dim: int,
-    seed: int,
+    seed: int, frontend: str = "random", frame_pool: int = 2,
 ) -> argparse.Namespace:
     """A flat old-CLI Namespace as in ``hubert_base_ls960.pt``: common/task fields from fairseq's own parser plus every
     HubertConfig field, then the edits of ``examples/hubert/update_ckpt.py`` (task name, labels as a string)."""
@@ -85,11 +139,13 @@ def _hubert_args(
         if not f.startswith("_")
     }
     model.update(
-        label_rate=50.0, extractor_mode="default", encoder_layers=layers, encoder_embed_dim=dim,
+        label_rate=100.0 / frame_pool, extractor_mode="layer_norm" if frontend == "filterbank" else "default",
+        encoder_layers=layers, encoder_embed_dim=dim,
         encoder_ffn_embed_dim=ffn, encoder_attention_heads=heads, activation_fn="gelu", layer_type="transformer",
         dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, encoder_layerdrop=0.05, dropout_input=0.1,
         dropout_features=0.1, final_dim=final_dim, untie_final_proj=False, layer_norm_first=False,
-        conv_feature_layers=_conv_layers(conv_dim), conv_bias=False, logit_temp=0.1, target_glu=False,
+        conv_feature_layers=_conv_layers(conv_dim, frontend, frame_pool), conv_bias=False, logit_temp=0.1,
+        target_glu=False,
         feature_grad_mult=0.1, mask_length=10, mask_prob=0.8, mask_selection="static", conv_pos=conv_pos,
         conv_pos_groups=conv_pos_groups, latent_temp=(2.0, 0.5, 0.999995), skip_masked=False, skip_nomask=False,
     )
@@ -114,6 +170,10 @@ def _hubert_state(seed: int, **dims: int) -> tuple[argparse.Namespace, OrderedDi
 
     hub = {**HUBERT_DEFAULTS, **{k: v for k, v in dims.items() if v is not None}}
     num_units = hub.pop("num_units")
+    if hub["frontend"] not in FRONTENDS:
+        raise ValueError(f"frontend must be one of {FRONTENDS}, got {hub['frontend']!r}")
+    if hub["frame_pool"] < 1 or (hub["frontend"] == "random" and hub["frame_pool"] != 2):
+        raise ValueError(f"frame_pool {hub['frame_pool']}: must be >= 1, and 2 (Base's 50 Hz) for the random front end")
     args = _hubert_args(seed=seed, **hub)
     dictionary = _label_dictionary(num_units)
     model_fields = {k: getattr(args, k) for k in HubertConfig.__dataclass_fields__ if not k.startswith("_")}
@@ -130,6 +190,11 @@ def _hubert_state(seed: int, **dims: int) -> tuple[argparse.Namespace, OrderedDi
         t = tensor.detach().clone().float()
         t += 0.02 * torch.randn(t.shape, generator=gen)
         state[key] = t.contiguous()
+    if hub["frontend"] == "filterbank":
+        for key, tensor in filterbank_frontend(hub["conv_dim"], frame_pool=hub["frame_pool"]).items():
+            if state[key].shape != tensor.shape:
+                raise AssertionError(f"{key}: filterbank {tuple(tensor.shape)} vs model {tuple(state[key].shape)}")
+            state[key] = tensor.contiguous()
     return args, state, dictionary
 
 
@@ -147,7 +212,9 @@ def _hubert_summary(path: Path, state: OrderedDict, dictionary: Any, layout: str
 def make_hubert_legacy(path: str | os.PathLike, *, seed: int = 1, **dims: int) -> dict[str, Any]:
     """Write a tiny HuBERT in the released ``hubert_base_ls960.pt`` layout (``args`` Namespace + ``task_state``).
 
-    ``dims`` may set dim, layers, ffn, heads, conv_dim, conv_pos, conv_pos_groups, final_dim, num_units.
+    ``dims`` may set dim, layers, ffn, heads, conv_dim, conv_pos, conv_pos_groups, final_dim, num_units and frontend
+    (``random``: Base's 7-layer conv stack; ``filterbank``: two conv layers initialised as a band-magnitude
+    spectrogram of ``conv_dim`` mel bands, see :func:`filterbank_frontend`).
     """
     path = Path(path)
     args, state, dictionary = _hubert_state(seed, **dims)
@@ -348,7 +415,12 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--layers", type=int, default=HUBERT_DEFAULTS["layers"])
     h.add_argument("--ffn", type=int, default=HUBERT_DEFAULTS["ffn"])
     h.add_argument("--heads", type=int, default=HUBERT_DEFAULTS["heads"])
-    h.add_argument("--conv-dim", type=int, default=HUBERT_DEFAULTS["conv_dim"])
+    h.add_argument("--conv-dim", type=int, default=HUBERT_DEFAULTS["conv_dim"],
+                   help="conv channels (filterbank: mel bands)")
+    h.add_argument("--frontend", choices=FRONTENDS, default=HUBERT_DEFAULTS["frontend"],
+                   help="conv feature extractor: random (Base's layout) or a mel filterbank initialisation")
+    h.add_argument("--frame-pool", type=int, default=HUBERT_DEFAULTS["frame_pool"],
+                   help="filterbank: 10 ms frames per HuBERT frame (2: 50 Hz as Base; 4: 25 Hz, half the compute)")
     h.add_argument("--conv-pos", type=int, default=HUBERT_DEFAULTS["conv_pos"])
     h.add_argument("--conv-pos-groups", type=int, default=HUBERT_DEFAULTS["conv_pos_groups"])
     h.add_argument("--final-dim", type=int, default=HUBERT_DEFAULTS["final_dim"])
@@ -380,7 +452,8 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(a.out)
     dims = dict(dim=a.dim, layers=a.layers, ffn=a.ffn, heads=a.heads, conv_dim=a.conv_dim, conv_pos=a.conv_pos,
-                conv_pos_groups=a.conv_pos_groups, final_dim=a.final_dim, num_units=a.num_units)
+                conv_pos_groups=a.conv_pos_groups, final_dim=a.final_dim, num_units=a.num_units,
+                frontend=a.frontend, frame_pool=a.frame_pool)
     s = make_hubert_legacy(out / "hubert_tiny_ls960.pt", seed=a.seed, **dims)
     check = ""
     if not a.no_verify:

@@ -181,3 +181,46 @@ def test_cli_writes_all_files_with_vocab_from_dict(tmp_path: Path, capsys: pytes
     assert w["tgt_embedding.embed_tokens.weight"].shape == (24 + 3, 32)  # len(dict) = 4 specials + 20
     assert w["src_embedding.embed_positions.weight"].shape == (34, 32)
     assert len(_load(out / "hubert_tiny_ls960.pt")["task_state"]["dictionaries"][0]) == 24
+
+
+def test_filterbank_frontend_resolves_pure_tones(tmp_path: Path) -> None:
+    """The filterbank HuBERT's conv front end answers each tone in the mel band around it, at 50 frames a second."""
+    from cress_bitnet.models.hubert_loader import load_hubert
+    from data_prep.make_tiny_checkpoints import _mel, _mel_to_hz, verify_with_fairseq
+
+    bands = 16
+    path = tmp_path / "hubert_fb.pt"
+    make_hubert_legacy(path, seed=1, conv_dim=bands, frontend="filterbank")
+    assert _load(path)["args"].conv_feature_layers == f"[({4 * bands},400,160)] + [({bands},2,2)]"
+    assert verify_with_fairseq(path) == 504
+    hubert, _cfg = load_hubert(path)
+    hubert.eval()
+    edges = _mel_to_hz(torch.linspace(float(_mel(torch.tensor(80.0))), float(_mel(torch.tensor(7600.0))), bands + 2))
+    t = torch.arange(16000) / 16000
+    for band in (1, 6, 11, 14):
+        tone = torch.sin(2 * torch.pi * float(edges[band + 1]) * t) + 0.01 * torch.randn(16000)
+        with torch.no_grad():
+            feats = hubert.feature_extractor(tone[None])[0]  # bands x frames
+        assert feats.shape == (bands, 49)
+        assert int(feats.mean(1).argmax()) == band
+    with pytest.raises(ValueError, match="frontend must be one of"):
+        make_hubert_legacy(tmp_path / "bad.pt", frontend="mfcc")
+    with pytest.raises(ValueError, match="frame_pool 4: .*random front end"):
+        make_hubert_legacy(tmp_path / "bad.pt", frame_pool=4)
+
+
+def test_filterbank_frame_pool_sets_the_frame_rate(tmp_path: Path) -> None:
+    from cress_bitnet.models.hubert_loader import load_hubert
+
+    path = tmp_path / "hubert_fb25.pt"
+    make_hubert_legacy(path, seed=1, conv_dim=8, frontend="filterbank", frame_pool=4)
+    args = _load(path)["args"]
+    assert args.conv_feature_layers == "[(32,400,160)] + [(8,4,4)]" and args.label_rate == 25
+    hubert, _cfg = load_hubert(path)
+    wave = torch.randn(2, 16000)
+    padding = torch.zeros(2, 16000, dtype=torch.bool)
+    padding[1, 8000:] = True
+    with torch.no_grad():
+        feats, feat_padding = hubert.extract_features(source=wave, padding_mask=padding, mask=False)
+    assert feats.shape[:2] == (2, 24)  # (16000 - 400) // 160 + 1 = 98 frames of 10 ms, pooled by 4
+    assert (~feat_padding).sum(1).tolist() == [24, 13]  # HuBERT marks a frame padded only if all its samples are
