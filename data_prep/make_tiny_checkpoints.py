@@ -72,8 +72,7 @@ def filterbank_frontend(
     The extractor runs in ``layer_norm`` mode (as HuBERT Large): layer 1 holds +cos, -cos, +sin, -sin Gabor filters per
     band (bandwidth = mel spacing, unit norm), its LayerNorm over channels removes the frame's loudness and its GELU
     rectifies; layer 2 averages the four rectified phases (|Re| + |Im| ~ magnitude) over ``frame_pool`` frames of 10 ms,
-    and its LayerNorm bias
-    of 1 keeps most bands on GELU's linear side.
+    and its LayerNorm bias of 1 keeps most bands on GELU's linear side.
     """
     edges = _mel_to_hz(torch.linspace(float(_mel(torch.tensor(fmin))), float(_mel(torch.tensor(fmax))), bands + 2,
                                       dtype=torch.float64))
@@ -212,9 +211,9 @@ def _hubert_summary(path: Path, state: OrderedDict, dictionary: Any, layout: str
 def make_hubert_legacy(path: str | os.PathLike, *, seed: int = 1, **dims: int) -> dict[str, Any]:
     """Write a tiny HuBERT in the released ``hubert_base_ls960.pt`` layout (``args`` Namespace + ``task_state``).
 
-    ``dims`` may set dim, layers, ffn, heads, conv_dim, conv_pos, conv_pos_groups, final_dim, num_units and frontend
+    ``dims`` may set dim, layers, ffn, heads, conv_dim, conv_pos, conv_pos_groups, final_dim, num_units, frontend
     (``random``: Base's 7-layer conv stack; ``filterbank``: two conv layers initialised as a band-magnitude
-    spectrogram of ``conv_dim`` mel bands, see :func:`filterbank_frontend`).
+    spectrogram of ``conv_dim`` mel bands, see :func:`filterbank_frontend`) and frame_pool (filterbank only).
     """
     path = Path(path)
     args, state, dictionary = _hubert_state(seed, **dims)
