@@ -44,7 +44,7 @@ HUBERT_DEFAULTS: dict[str, Any] = {
 FRONTENDS = ("random", "filterbank")
 
 
-def _conv_layers(conv_dim: int, frontend: str = "random", frame_pool: int = 2) -> str:
+def _conv_layers(conv_dim: int, frontend: str, frame_pool: int) -> str:
     if frontend == "filterbank":
         # 25 ms windows every 10 ms (4 phases per band), then frame_pool frames each (2 -> 50 Hz, like Base's 320).
         return f"[({4 * conv_dim},400,160)] + [({conv_dim},{frame_pool},{frame_pool})]"
@@ -110,7 +110,7 @@ def _label_dictionary(num_units: int) -> Any:
 
 def _hubert_args(
     *, dim: int, layers: int, ffn: int, heads: int, conv_dim: int, conv_pos: int, conv_pos_groups: int, final_dim: int,
-    seed: int, frontend: str = "random", frame_pool: int = 2,
+    seed: int, frontend: str, frame_pool: int,
 ) -> argparse.Namespace:
     """A flat old-CLI Namespace as in ``hubert_base_ls960.pt``: common/task fields from fairseq's own parser plus every
     HubertConfig field, then the edits of ``examples/hubert/update_ckpt.py`` (task name, labels as a string)."""
