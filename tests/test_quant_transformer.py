@@ -121,7 +121,7 @@ def _tf_loss(model, sample) -> torch.Tensor:  # noqa: ANN001
 
 
 def test_swapped_self_attention_is_used_in_training(toy: ToyData, fp_checkpoint: Path) -> None:
-    from cress_bitnet.models.quant_transformer import build_fp_model
+    from cress_bitnet.models.st_checkpoint import build_fp_model
 
     task, model, _ = build(toy, fp_checkpoint, "--quant-targets", "self_attn")
     fp_model, _ = build_fp_model(str(fp_checkpoint), task, flag="--pretrained-st-checkpoint")

@@ -32,6 +32,7 @@ from cress_bitnet.models.hubert_transformer import (
     HubertTransformerModel,
     hubert_transformer_base,
 )
+from cress_bitnet.models.st_checkpoint import build_fp_model, st_model_args
 from cress_bitnet.quantization import QUANTIZERS, QuantLinear, linear_deploy_bytes, quantize_model
 from cress_bitnet.quantization.planner import activation_medians, select_bits
 from cress_bitnet.quantization.surgery import OUTPUT_HEADS
@@ -109,41 +110,6 @@ def swap_layers(model: nn.Module, method: str, names_or_patterns: list[str], opt
         swapped = quantize_model(model, method, names_or_patterns, **options)
     use_module_path_attention(model, swapped)
     return swapped
-
-
-def _model_args(state: dict[str, Any], path: str, flag: str) -> Namespace:
-    cfg = state.get("cfg") or {}
-    args = cfg.get("model") if isinstance(cfg, dict) else None
-    args = args if isinstance(args, Namespace) else state.get("args")
-    if not isinstance(args, Namespace) or not getattr(args, "hubert_cfg", None):
-        raise CheckpointError(
-            f"{path} ({flag}): not a hubert_transformer speech-translation checkpoint (no model args with the HuBERT "
-            "architecture); train one with --arch hubert_transformer first"
-        )
-    return args
-
-
-def build_fp_model(path: str, task: Any, *, flag: str,
-                   overrides: Namespace | None = None) -> tuple[HubertTransformerModel, Namespace]:
-    """Rebuild a trained FP ST model from its checkpoint alone (architecture from its args, weights from its state)."""
-    state = load_checkpoint(path, what="speech-translation checkpoint", flag=flag)
-    saved = _model_args(state, path, flag)
-    args = Namespace(**vars(overrides)) if overrides is not None else Namespace()
-    for name in ARCH_FIELDS:
-        setattr(args, name, getattr(saved, name, None))
-    for name in TRAINING_FIELDS:
-        if getattr(args, name, None) is None:
-            setattr(args, name, getattr(saved, name, None))
-    args.load_pretrained_mt_encoder_decoder_from = None
-    hubert_transformer_base(args)
-    model = HubertTransformerModel.build_model(args, task)
-    result = model.load_state_dict(state["model"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path} ({flag}): does not match the architecture stored in it: missing {result.missing_keys[:8]}, "
-            f"unexpected {result.unexpected_keys[:8]}"
-        )
-    return model, args
 
 
 @register_model("quant_transformer")
@@ -284,7 +250,7 @@ def plan_to_resume(args: Namespace) -> dict[str, int] | None:
     path = os.path.join(args.save_dir, restore) if restore == "checkpoint_last.pt" else restore
     if getattr(args, "reset_optimizer", False) or not os.path.isfile(path):
         return None
-    saved = _model_args(load_checkpoint(path, what="checkpoint to resume", flag="--restore-file"), path,
+    saved = st_model_args(load_checkpoint(path, what="checkpoint to resume", flag="--restore-file"), path,
                         "--restore-file")
     return json.loads(saved.quant_plan) if getattr(saved, "quant_plan", None) else None
 
