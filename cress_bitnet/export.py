@@ -2,14 +2,14 @@
 
 Usage: ``python -m cress_bitnet.export IN.pt OUT.pt [--fp16-rest] [--json SIZES.json]``
 
-Every quantized layer (named in ``args.quant_modules``) is rebuilt from its state-dict entries alone — no fairseq
-model is built — with ``args.quant_method`` and ``args.quant_options`` (plus per-module ``args.quant_plan``
-overrides), then converted by :func:`~cress_bitnet.quantization.packed.pack_quantized`. Its latent weight and
-training-only tensors are replaced by the packed module's buffers (sign planes packed 8 per byte, ternary codes
-4 per byte, scales / h / biases / folded LayerNorm in fp16). All other tensors stay as they are (fp32 unless
-``--fp16-rest``). The output keeps the trainer format (so fairseq-generate can read it) without the optimizer
-state, with ``quant_packed = True`` in the model args; the model must then be built with packed modules
-(``pack_model(model, skeleton=True)``) before the state dict is loaded.
+Every quantized layer named by the checkpoint's quantization record (:class:`~cress_bitnet.quantization.QuantRecord`;
+files of cress_bitnet 0.1 are read too) is rebuilt from its state-dict entries alone — no fairseq model is built —
+with its own config, then converted by its method's packed class (``PackedLinear.from_quantized``). Its latent weight
+and training-only tensors are replaced by the packed buffers (sign planes 8 per byte, ternary codes 4 per byte, min/max
+codes at their bit width, scales / h / biases / folded LayerNorm in fp16). All other tensors stay as they are (fp32
+unless ``--fp16-rest``). The output keeps the trainer format (so fairseq-generate reads it) without the optimizer
+state, and its record says ``packed``: the model is then built with zero-filled packed layers before the state dict
+is loaded.
 """
 
 from __future__ import annotations
@@ -28,22 +28,11 @@ from torch import Tensor
 
 from cress_bitnet.checkpoints import load_checkpoint
 from cress_bitnet.fileio import atomic_output
-from cress_bitnet.quantization.base import QuantLinear
-from cress_bitnet.quantization.packed import AUX_DTYPE, pack_quantized
-from cress_bitnet.quantization.registry import QUANTIZERS
+from cress_bitnet.quantization import AUX_DTYPE, QuantConfig, QuantLinear, QuantRecord, RecordError, get_method
 
 
 class ExportError(ValueError):
-    """The checkpoint lacks what the exporter needs (quant_* args, a named module's tensors, ...)."""
-
-
-def _json_arg(args: argparse.Namespace, name: str, default: Any = None) -> Any:
-    value = getattr(args, name, None)
-    if value is None or value == "":
-        if default is None:
-            raise ExportError(f"checkpoint args have no {name!r}; was it trained with --arch quant_transformer?")
-        return default
-    return json.loads(value) if isinstance(value, str) else value
+    """The checkpoint lacks what the exporter needs (a quantization record, a named module's tensors, ...)."""
 
 
 def model_args(state: dict[str, Any]) -> argparse.Namespace:
@@ -57,35 +46,24 @@ def model_args(state: dict[str, Any]) -> argparse.Namespace:
     return args
 
 
-def layer_specs(args: argparse.Namespace) -> tuple[str, dict[str, dict[str, Any]]]:
-    """(method, {module name: constructor options}) from quant_method / quant_modules / quant_options / quant_plan.
-
-    A plan value that is an int sets the ``bits`` option of that module (mixed precision); a dict is merged
-    into its options.
-    """
-    method = getattr(args, "quant_method", None)
-    if method not in QUANTIZERS:
-        raise ExportError(f"quant_method {method!r} is not one of {sorted(QUANTIZERS)}")
-    modules = _json_arg(args, "quant_modules")
-    options = _json_arg(args, "quant_options", {})
-    plan = _json_arg(args, "quant_plan", {})
-    unknown = sorted(set(plan) - set(modules))
-    if unknown:
-        raise ExportError(f"quant_plan names modules that are not in quant_modules: {unknown}")
-    specs = {}
-    for name in modules:
-        override = plan.get(name, {})
-        specs[name] = {**options, **({"bits": override} if isinstance(override, int) else override)}
-        QUANTIZERS[method].check_options(specs[name])
-    return method, specs
+def checkpoint_record(args: argparse.Namespace) -> QuantRecord:
+    try:
+        record = QuantRecord.from_args(args)
+    except (RecordError, TypeError, ValueError) as err:
+        raise ExportError(str(err)) from err
+    if record is None or not record.modules:
+        raise ExportError("checkpoint has no quantization record; was it trained with --arch quant_transformer?")
+    if record.packed:
+        raise ExportError("checkpoint is already packed")
+    return record
 
 
-def rebuild_layer(method: str, tensors: dict[str, Tensor], options: dict[str, Any]) -> QuantLinear:
-    """The training layer of ``method`` holding exactly ``tensors`` (its state dict, keys relative to the module)."""
+def rebuild_layer(config: QuantConfig, tensors: dict[str, Tensor]) -> QuantLinear:
+    """The training layer of ``config``'s method holding exactly ``tensors`` (its state dict, keys relative)."""
     if "weight" not in tensors:
         raise ExportError(f"no weight among {sorted(tensors)}")
     out_features, in_features = tensors["weight"].shape
-    layer = QUANTIZERS[method](in_features, out_features, bias="bias" in tensors, **options)
+    layer = get_method(config.method).layer(in_features, out_features, bias="bias" in tensors, config=config)
     layer.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
     return layer.eval()
 
@@ -119,19 +97,19 @@ def export_state(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Packed copy of a trainer-format checkpoint dict, and the size report (bytes) of its quantized layers."""
     args = model_args(state)
-    method, specs = layer_specs(args)
+    record = checkpoint_record(args)
     params: dict[str, Tensor] = state["model"]
     new_params: dict[str, Tensor] = {}
     modules = []
     claimed: set[str] = set()
-    for name, options in specs.items():
+    for name, config in record.modules.items():
         prefix = name + "."
         tensors = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
         if not tensors:
             raise ExportError(f"quant_modules names {name!r} but the state dict has no {prefix}* tensors")
         claimed.update(prefix + k for k in tensors)
-        layer = rebuild_layer(method, tensors, options)
-        packed = pack_quantized(layer, aux_dtype)
+        layer = rebuild_layer(config, tensors)
+        packed = get_method(config.method).packed.from_quantized(layer, aux_dtype)
         packed_bytes = 0
         for key, value in packed.state_dict().items():
             new_params[prefix + key] = value.detach().clone()
@@ -139,6 +117,7 @@ def export_state(
         linear_values = layer.weight.numel() + (layer.bias.numel() if layer.bias is not None else 0)
         modules.append({
             "name": name,
+            "method": config.method,
             "shape": f"{layer.out_features}x{layer.in_features}",
             "fp32_bytes": 4 * linear_values,
             "fp16_bytes": 2 * linear_values,
@@ -163,11 +142,11 @@ def export_state(
             out[key] = copy.deepcopy(out[key])
             target = out[key] if key == "args" else out[key].get("model")
             if isinstance(target, argparse.Namespace):
-                target.quant_packed = True
+                QuantRecord(record.modules, packed=True).store(target)
     quant = {k: sum(m[k] for m in modules) for k in ("fp32_bytes", "fp16_bytes", "packed_bytes")}
-    rest = {k: v for k, v in new_params.items() if not any(k.startswith(s + ".") for s in specs)}
+    rest = {k: v for k, v in new_params.items() if not any(k.startswith(s + ".") for s in record.modules)}
     report = {
-        "method": method,
+        "method": "+".join(record.methods()),
         "modules": modules,
         "quantized": {
             **quant,

@@ -11,31 +11,33 @@ import torch
 
 import cress_bitnet  # noqa: F401  (registers the checkpoint allowlist for weights_only loads)
 from cress_bitnet.export import ExportError, export_state, main
-from cress_bitnet.quantization import quantize_model
-from cress_bitnet.quantization.packed import pack_model
+from cress_bitnet.quantization import QuantRecord, get_method, pack_, quantize_
+from cress_bitnet.quantization.surgery import resolve_configs
 from tests.test_packed_layers import TinyModel
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = "layers.*.fc1,layers.*.fc2"
 
 
-def _checkpoint(tmp_path, method="svcd", options=None, plan=None, seed=0):
-    """A trainer-format dict like fairseq's save_checkpoint writes for quant_transformer, saved to disk."""
+def _checkpoint(tmp_path, method="svcd", options=None, plan=None, seed=0, legacy=False):
+    """A trainer-format dict like fairseq's save_checkpoint writes for quant_transformer, saved to disk.
+
+    ``plan``: per-module bits (mixed precision); ``legacy``: store the cress_bitnet 0.1 quant_* args instead of the
+    record."""
     options = options or {}
     torch.manual_seed(seed)
     model = TinyModel()
-    names = quantize_model(model, method, TARGETS, **options)
-    args = argparse.Namespace(arch="quant_transformer", quant_method=method, quant_targets=TARGETS,
-                              quant_modules=json.dumps(names), quant_options=json.dumps(options))
-    if plan is not None:
-        args.quant_plan = json.dumps(plan)
-        # what the lead's model does for a plan: the planned module gets its own options
-        for name, bits in plan.items():
-            parent, _, child = name.rpartition(".")
-            layer = getattr(model.get_submodule(parent), child)
-            replacement = type(layer)(layer.in_features, layer.out_features, **{**options, "bits": bits})
-            replacement.load_state_dict(layer.state_dict())
-            setattr(model.get_submodule(parent), child, replacement)
+    config = get_method(method).config.build(**options)
+    configs = resolve_configs(model, config, TARGETS)
+    for name, bits in (plan or {}).items():
+        configs[name] = config.replace(bits=bits)
+    names = quantize_(model, configs)
+    args = argparse.Namespace(arch="quant_transformer", quant_method=method, quant_targets=TARGETS)
+    if legacy:
+        args.quant_modules, args.quant_options = json.dumps(names), json.dumps(options)
+        args.quant_plan = json.dumps(plan) if plan else None
+    else:
+        QuantRecord.of_model(model).store(args)
     state = {
         "args": None,
         "cfg": {"model": args, "common": {"seed": 1}},
@@ -56,13 +58,16 @@ def _tensor_bytes(state):
     return sum(storages.values())
 
 
-@pytest.mark.parametrize(("method", "options", "plan"), [
-    ("svcd", {}, None),
-    ("bcq", {"bits": 2}, {"layers.0.fc1": 3}),
-    ("tsvd", {}, None),
+@pytest.mark.parametrize(("method", "options", "plan", "legacy"), [
+    ("svcd", {}, None, False),
+    ("bcq", {"bits": 2}, {"layers.0.fc1": 3}, False),
+    ("bcq", {"bits": 2}, {"layers.0.fc1": 3}, True),
+    ("tsvd", {}, None, False),
+    ("minmax", {"bits": 3}, {"layers.0.fc1": 2, "layers.1.fc2": 5}, False),
 ])
-def test_export_sizes_equal_tensor_and_file_bytes(tmp_path, capsys, method, options, plan):
-    src, trained, names = _checkpoint(tmp_path, method, options, plan)
+def test_export_sizes_equal_tensor_and_file_bytes(tmp_path, capsys, method, options, plan, legacy):
+    src, trained, names = _checkpoint(tmp_path, method, options, plan, legacy=legacy)
+    deploy_bytes = {n: m.deployable_bits() // 8 for n, m in trained.named_modules() if n in names}
     dst, report_path = tmp_path / "packed.pt", tmp_path / "sizes.json"
     assert main([str(src), str(dst), "--json", str(report_path)]) == 0
     table = capsys.readouterr().out
@@ -70,13 +75,18 @@ def test_export_sizes_equal_tensor_and_file_bytes(tmp_path, capsys, method, opti
     out = torch.load(dst, map_location="cpu", weights_only=True)
 
     assert "last_optimizer_state" not in out and out["optimizer_history"] == [{"criterion_name": "x", "num_updates": 2}]
-    assert out["cfg"]["model"].quant_packed is True and out["extra_state"] == {"epoch": 3}
+    record = QuantRecord.from_args(out["cfg"]["model"])
+    assert record.packed and sorted(record.modules) == names and out["extra_state"] == {"epoch": 3}
+    assert not hasattr(out["cfg"]["model"], "quant_modules")  # one record, not the 0.1 fields
+    for name, bits in (plan or {}).items():
+        assert record.modules[name].bits == bits
     params = out["model"]
     assert [m["name"] for m in report["modules"]] == names
     for m in report["modules"]:
         own = {k: v for k, v in params.items() if k.startswith(m["name"] + ".")}
         assert "weight" not in {k.rsplit(".", 1)[1] for k in own}
         assert m["packed_bytes"] == sum(v.numel() * v.element_size() for v in own.values())
+        assert m["packed_bytes"] == deploy_bytes[m["name"]]  # the planner's size is the exported size
         assert {v.dtype for v in own.values()} <= {torch.uint8, torch.float16}
         out_f, in_f = map(int, m["shape"].split("x"))
         assert m["fp16_bytes"] == 2 * (out_f * in_f + out_f) and m["fp32_bytes"] == 2 * m["fp16_bytes"]
@@ -94,17 +104,10 @@ def test_export_sizes_equal_tensor_and_file_bytes(tmp_path, capsys, method, opti
     assert params["output_projection.weight"].data_ptr() == params["embed.weight"].data_ptr()
 
     # a freshly built model, packed as a skeleton, loads the exported weights and matches the packed original
-    pack_model(trained)
+    pack_(trained)
     torch.manual_seed(5)
     fresh = TinyModel()
-    quantize_model(fresh, method, TARGETS, **options)
-    if plan:
-        for name, bits in plan.items():
-            parent, _, child = name.rpartition(".")
-            layer = getattr(fresh.get_submodule(parent), child)
-            setattr(fresh.get_submodule(parent), child,
-                    type(layer)(layer.in_features, layer.out_features, **{**options, "bits": bits}))
-    pack_model(fresh, skeleton=True)
+    assert record.apply(fresh) == names
     fresh.load_state_dict(params, strict=True)
     tokens = torch.randint(0, 11, (2, 7))
     with torch.no_grad():
@@ -120,16 +123,17 @@ def test_fp16_rest_halves_other_tensors_and_keeps_ties(tmp_path):
     assert half["model"]["embed.weight"].dtype == torch.float16
     assert half["model"]["output_projection.weight"].data_ptr() == half["model"]["embed.weight"].data_ptr()
     assert half_report["quantized"] == full_report["quantized"]
-    assert not hasattr(state["cfg"]["model"], "quant_packed")  # the input dict is left untouched
+    assert not QuantRecord.from_args(state["cfg"]["model"]).packed  # the input dict is left untouched
 
 
 def test_missing_quant_args_is_a_clear_error(tmp_path, capsys):
     src, _, _ = _checkpoint(tmp_path)
     state = torch.load(src, weights_only=True)
-    del state["cfg"]["model"].quant_modules
-    with pytest.raises(ExportError, match="quant_modules"):
+    record = QuantRecord.from_args(state["cfg"]["model"])
+    del state["cfg"]["model"].quant_record
+    with pytest.raises(ExportError, match="no quantization record"):
         export_state(state)
-    state["cfg"]["model"].quant_modules = json.dumps(["layers.9.fc1"])
+    QuantRecord({"layers.9.fc1": record.modules["layers.0.fc1"]}).store(state["cfg"]["model"])
     with pytest.raises(ExportError, match="no layers.9.fc1"):
         export_state(state)
     torch.save(state, tmp_path / "bad.pt")
@@ -144,3 +148,23 @@ def test_module_entry_point(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "compression of the quantized layers" in proc.stdout
     assert (tmp_path / "o.pt").is_file()
+
+
+def test_packed_state_with_a_wrong_shape_or_nan_is_rejected(tmp_path):
+    from cress_bitnet.quantization.base import check_finite_quantizers
+
+    src, _, names = _checkpoint(tmp_path)
+    out, _ = export_state(torch.load(src, weights_only=True))
+    record = QuantRecord.from_args(out["cfg"]["model"])
+    params = dict(out["model"])
+    params["layers.0.fc1.signs"] = params["layers.0.fc1.signs"][:, :-1]
+    fresh = TinyModel()
+    record.apply(fresh)
+    with pytest.raises(RuntimeError, match=r"size mismatch for layers\.0\.fc1\.signs"):
+        fresh.load_state_dict(params)
+    params = dict(out["model"])
+    params["layers.1.fc2.h"] = params["layers.1.fc2.h"].clone()
+    params["layers.1.fc2.h"][3] = float("nan")
+    fresh.load_state_dict(params)
+    with pytest.raises(ValueError, match=r"layers\.1\.fc2\.h holds 1 non-finite value"):
+        check_finite_quantizers(fresh)

@@ -6,18 +6,28 @@ import pytest
 import torch
 from torch import nn
 
-from cress_bitnet.quantization import QUANTIZERS, QuantLinear, SVCDLinear, TSVDLinear, quantize_model
-from cress_bitnet.quantization.packed import (
-    PACKED_METHODS,
+from cress_bitnet.quantization import (
+    METHODS,
     PackedLinear,
     PackedSVCDLinear,
     PackedTSVDLinear,
+    QuantLinear,
+    SVCDLinear,
+    TSVDLinear,
     buffer_nbytes,
-    build_packed_like,
-    pack_model,
-    pack_quantized,
+    get_method,
+    pack_,
+    quantize_model,
     replace_modules,
 )
+
+
+def packed_of(layer, aux_dtype=torch.float16):
+    return get_method(layer.config.method).packed.from_quantized(layer, aux_dtype)
+
+
+def packed_like(layer):
+    return get_method(layer.config.method).packed.like(layer)
 
 CASES = [
     ("svcd", {}),
@@ -39,7 +49,7 @@ IN_F, OUT_F = 80, 13
 
 def _trained(method, options, bias=True, seed=0):
     torch.manual_seed(seed)
-    layer = QUANTIZERS[method].from_linear(nn.Linear(IN_F, OUT_F, bias=bias), **options)
+    layer = METHODS[method].layer.from_linear(nn.Linear(IN_F, OUT_F, bias=bias), **options)
     with torch.no_grad():  # move SVCD's LayerNorm affine away from its identity init
         for name, p in layer.named_parameters():
             if name.startswith("norm."):
@@ -68,8 +78,8 @@ def test_packed_forward_matches_training_layer(mode, method, options, bias):
     x = torch.randn(6, 2, IN_F)
     with torch.no_grad():
         ref = layer(x)
-        exact = pack_quantized(layer, aux_dtype=torch.float32)
-        deploy = pack_quantized(layer)  # fp16 scales / norms / h / bias
+        exact = packed_of(layer, aux_dtype=torch.float32)
+        deploy = packed_of(layer)  # fp16 scales / norms / h / bias
         _assert_matches(layer, options, ref, exact(x), rtol=2e-5)
         _assert_matches(layer, options, ref, deploy(x), rtol=5e-3)
         assert exact(x.double()).dtype == torch.float64
@@ -78,8 +88,8 @@ def test_packed_forward_matches_training_layer(mode, method, options, bias):
 @pytest.mark.parametrize(("method", "options"), CASES)
 def test_only_buffers_with_deployable_dtypes_and_sizes(method, options):
     layer = _trained(method, options)
-    packed = pack_quantized(layer)
-    assert isinstance(packed, PACKED_METHODS[method])
+    packed = packed_of(layer)
+    assert isinstance(packed, METHODS[method].packed)
     assert list(packed.parameters()) == []
     state = packed.state_dict()
     assert "weight" not in state
@@ -90,16 +100,16 @@ def test_only_buffers_with_deployable_dtypes_and_sizes(method, options):
 
 def test_svcd_compression_at_decoder_shapes():
     for out_f, in_f in [(768, 768), (768, 3072), (3072, 768)]:
-        packed = build_packed_like(SVCDLinear(in_f, out_f))
+        packed = packed_like(SVCDLinear(in_f, out_f))
         assert 2 * (out_f * in_f + out_f) / buffer_nbytes(packed) >= 14
 
 
 @pytest.mark.parametrize(("method", "options"), CASES)
 def test_skeleton_has_the_packed_state_dict_layout(method, options):
     layer = _trained(method, options)
-    packed = pack_quantized(layer).state_dict()
-    skeleton = build_packed_like(QUANTIZERS[method](IN_F, OUT_F, **options))
-    from_opts = PACKED_METHODS[method].from_options(IN_F, OUT_F, **options)
+    packed = packed_of(layer).state_dict()
+    skeleton = packed_like(METHODS[method].layer(IN_F, OUT_F, **options))
+    from_opts = METHODS[method].packed(IN_F, OUT_F, **options)
     for empty in (skeleton, from_opts):
         ref = {k: (v.shape, v.dtype) for k, v in packed.items()}
         got = {k: (v.shape, v.dtype) for k, v in empty.state_dict().items()}
@@ -114,7 +124,7 @@ def test_skeleton_has_the_packed_state_dict_layout(method, options):
 
 def test_tsvd_skeleton_adopts_rank_on_load():
     layer = _trained("tsvd", {})
-    packed = pack_quantized(layer)
+    packed = packed_of(layer)
     assert packed.rank == layer.rank > 0
     empty = PackedTSVDLinear(IN_F, OUT_F)
     empty.load_state_dict(packed.state_dict())
@@ -161,7 +171,7 @@ def test_pack_model_round_trip(method, options):
     tokens = torch.randint(0, 11, (3, 5))
     with torch.no_grad():
         ref = model(tokens)
-    assert pack_model(model) == names
+    assert pack_(model) == names
     assert not any(isinstance(m, QuantLinear) for m in model.modules())
     with torch.no_grad():
         packed_out = model(tokens)
@@ -174,7 +184,7 @@ def test_pack_model_round_trip(method, options):
     torch.manual_seed(1)  # a fresh model: other random weights, same structure, packed before loading
     fresh = TinyModel()
     quantize_model(fresh, method, "layers.*.fc1,layers.*.fc2", **options)
-    assert pack_model(fresh, skeleton=True) == names
+    assert pack_(fresh, skeleton=True) == names
     fresh.load_state_dict(state, strict=True)
     fresh.eval()
     with torch.no_grad():
@@ -195,8 +205,8 @@ def test_replace_modules_skips_descendants_and_root():
 
 
 def test_wrong_layer_type_is_rejected():
-    with pytest.raises(TypeError, match="PackedSVCDLinear packs SVCDLinear"):
+    with pytest.raises(TypeError, match="PackedSVCDLinear packs svcd layers"):
         PackedSVCDLinear.like(TSVDLinear(8, 4))
     with pytest.raises(TypeError, match="unknown option"):
-        PACKED_METHODS["svcd"].from_options(8, 4, bits=2)
-    assert issubclass(PACKED_METHODS["bcq"], PackedLinear)
+        METHODS["svcd"].packed(8, 4, bits=2)
+    assert issubclass(METHODS["bcq"].packed, PackedLinear)

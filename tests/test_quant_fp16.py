@@ -1,6 +1,6 @@
 """Real torch.float16 on CPU with decoder-like activations; records the paper's fp16 overflow claim.
 
-The SVCD README says unconstrained g/h and plain BitNet "cannot be trained with fp16"; quant.md §1.2
+The SVCD README (onebit-st) says unconstrained g/h and plain BitNet "cannot be trained with fp16"; its seed
 derives q·k ≈ 128²·64 ≈ 1e6 > 65504 for outputs at ±128. These tests measure what actually happens
 on one layer pair (q_proj, k_proj) and assert only what is true.
 """

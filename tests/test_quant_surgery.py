@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cress_bitnet.quantization import QUANTIZERS, BitLinear, SVCDLinear, quantize_model
+from cress_bitnet.quantization import METHODS, BitLinear, SVCDLinear, quantize_model
 
 C = 16
 
@@ -92,7 +92,7 @@ def test_wildcard_head_pattern_does_not_select_head():
 def test_unknown_method_lists_methods():
     with pytest.raises(ValueError) as err:
         quantize_model(_model(), "int3", "*")
-    for method in QUANTIZERS:
+    for method in METHODS:
         assert method in str(err.value)
 
 
@@ -107,7 +107,7 @@ def test_unmatched_pattern_names_pattern_and_shows_modules_without_changes():
 
 def test_unknown_option_raises_before_changes():
     model = _model()
-    with pytest.raises(TypeError, match=r"SVCDLinear.*bits"):
+    with pytest.raises(TypeError, match=r"svcd \(SVCDConfig\).*bits"):
         quantize_model(model, "svcd", "*", bits=2)
     assert all(type(m) is not SVCDLinear for m in model.modules())
 
@@ -121,7 +121,7 @@ def test_quantization_package_imports_without_fairseq():
         f"pkg = types.ModuleType('cress_bitnet'); pkg.__path__ = [{str(root / 'cress_bitnet')!r}]\n"
         "sys.modules['cress_bitnet'] = pkg\n"
         "import cress_bitnet.quantization as q\n"
-        "assert sorted(q.QUANTIZERS) == ['bcq', 'bitnet', 'bitnet158', 'minmax', 'svcd', 'tsvd']\n"
+        "assert sorted(q.METHODS) == ['bcq', 'bitnet', 'bitnet158', 'minmax', 'svcd', 'tsvd']\n"
         "assert not any(m == 'fairseq' or m.startswith('fairseq.') for m in sys.modules if sys.modules[m])\n"
         "print('ok')\n"
     )

@@ -12,10 +12,11 @@ from conftest import REPO, ToyData, fairseq, generate_args, output, quant_train_
 from fairseq import options, tasks
 
 import cress_bitnet  # noqa: F401
-from cress_bitnet.quantization import QUANTIZERS, QuantLinear
+from cress_bitnet.quantization import METHODS as REGISTRY
+from cress_bitnet.quantization import QuantLinear, QuantRecord
 from cress_bitnet.quantization.planner import select_bits
 
-METHODS = sorted(QUANTIZERS)
+METHODS = sorted(REGISTRY)
 DECODER_LINEARS = re.compile(r"^decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q|k|v|out)_proj$|"
                              r"^decoder\.layers\.\d+\.fc[12]$")
 
@@ -51,13 +52,15 @@ def test_each_method_trains_and_decodes_without_the_fp_checkpoint(
                             "--disable-validation")
     log = output(fairseq("train", [*args, "--max-update", "2"]))
     assert re.search(rf"\d+ modules swapped for {method}", log)
+    fp.unlink()  # neither the resume nor decoding may need the FP checkpoint
     if method == "svcd":  # one resume here; a minmax run with a budget plan resumes after SIGKILL in test_scale_out
         resumed = output(fairseq("train", [*args, "--max-update", "3"]))
+        assert "rebuilding the quantized model recorded in the checkpoint being resumed" in resumed
         assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 2 updates\)", resumed)
         assert "num_updates: 3 >= max_update: 3" in resumed
-    fp.unlink()
     state = torch.load(save / "checkpoint_last.pt", weights_only=True)
-    assert state["cfg"]["model"].quant_method == method
+    record = QuantRecord.from_args(state["cfg"]["model"])
+    assert record.methods() == [method] and not record.packed and len(record.modules) == 20
     gen = output(fairseq("generate", generate_args(toy, save / "checkpoint_last.pt")))
     assert re.search(r"Generate tst-COMMON with beam=2: BLEU = \d+\.\d+", gen)
 
@@ -183,9 +186,16 @@ def test_budget_planner_meets_budget_with_uniform_bits(toy: ToyData, fp_checkpoi
     bits = {n: m.bits for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     assert size(model) <= budget_bits
     assert max(bits.values()) - min(bits.values()) <= 1 and len(set(bits.values())) == 2
-    import json
+    record = QuantRecord.from_args(args)  # stored in the args, hence in every checkpoint
+    assert {n: c.bits for n, c in record.modules.items()} == bits
 
-    assert json.loads(args.quant_plan) == bits  # stored in the args, hence in every checkpoint
+
+def test_nan_in_a_quantizer_is_an_error_when_loaded(toy: ToyData, fp_checkpoint: Path) -> None:
+    _, model, _ = build(toy, fp_checkpoint, "--quant-targets", "cross_attn")
+    state = model.state_dict()
+    state["decoder.layers.1.encoder_attn.v_proj.g"][0] = float("inf")
+    with pytest.raises(ValueError, match=r"decoder\.layers\.1\.encoder_attn\.v_proj\.g holds 1 non-finite"):
+        model.load_state_dict(state)
 
 
 def test_select_bits_order_uniformity_and_errors() -> None:
@@ -221,5 +231,12 @@ def test_bad_quant_flags(toy: ToyData, fp_checkpoint: Path, tmp_path: Path) -> N
         build(toy, tmp_path / "missing.pt")
     with pytest.raises(RuntimeError, match="not a hubert_transformer speech-translation checkpoint"):
         build(toy, toy.mt_checkpoint)
+    with pytest.raises(ValueError, match=r"matched no nn\.Linear \(output heads"):
+        build(toy, fp_checkpoint, "--quant-targets", "decoder.output_*")  # only output heads: never by wildcard
+    for method, bits in (("bcq", "5"), ("minmax", "1"), ("minmax", "17")):
+        with pytest.raises(ValueError, match=rf"{method}: bits must be in \["):
+            build(toy, fp_checkpoint, "--quant-method", method, "--quant-bits", bits)
+    with pytest.raises(ValueError, match="needs a method with a bit width"):
+        build(toy, fp_checkpoint, "--quant-method", "svcd", "--quant-budget-mb", "1")
     bad = fairseq("train", quant_train_args(toy, fp_checkpoint, tmp_path, "--quant-method", "bitnet3"), check=False)
     assert bad.returncode != 0 and "argument --quant-method: invalid choice: 'bitnet3'" in bad.stderr

@@ -1,40 +1,77 @@
-"""Common base class of the quantized linears.
+"""Base classes of the two forms every method has: the training layer and the packed inference layer.
 
-Every quantizer keeps nn.Linear's ``weight`` (out, in) and ``bias`` (out) as the latent full-precision
-parameters, so optimizers, checkpoints and weight-tying code keep working after a module swap.
+Both are built from ``(in_features, out_features, bias, config)`` — or keyword options that build the config — so
+the constructor signature and its validation exist once, here. Config fields read as attributes (``layer.bits``).
+
+* :class:`QuantLinear` keeps nn.Linear's ``weight`` (out, in) and ``bias`` (out) as latent full-precision parameters,
+  so optimizers, checkpoints and weight-tying code keep working after a module swap (straight-through training).
+* :class:`PackedLinear` holds only buffers (packed codes plus small fp16 vectors) and reproduces its training layer's
+  eval-mode forward; :meth:`PackedLinear.from_quantized` converts a trained layer (the torchao QAT "convert" step).
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor, nn
 
+from .config import QuantConfig, resolve_config
 
-class QuantLinear(nn.Module, ABC):
-    """Base of all quantized linears: latent fp ``weight``/``bias`` plus a quantized forward.
+AUX_DTYPE = torch.float16
+"""Storage dtype of packed scales, biases, norms and h: the deployable format."""
 
-    Subclasses set ``OPTIONS`` (the keyword options their constructor and :meth:`from_linear` accept),
-    implement :meth:`quantized_weight`, :meth:`deployable_bits` and ``forward``, and may override
-    :meth:`init_from_weight` for data-dependent initialisation (run again after weights are copied).
+
+class _ConfiguredLinear(nn.Module):
+    """Shapes + config; config fields readable as attributes."""
+
+    CONFIG: ClassVar[type[QuantConfig]]
+
+    def _init_config(self, in_features: int, out_features: int, config: QuantConfig | None,
+                     options: dict[str, Any]) -> None:
+        config = resolve_config(self.CONFIG, config, options)
+        config.check_shape(in_features, out_features)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.config = config
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            config = self.__dict__.get("config")
+            if config is not None and name in config.field_names():
+                return getattr(config, name)
+            raise
+
+    def extra_repr(self) -> str:
+        opts = "".join(f", {k}={getattr(self.config, k)!r}" for k in self.config.field_names())
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{opts}"
+
+
+class QuantLinear(_ConfiguredLinear, ABC):
+    """Training form: latent fp ``weight``/``bias`` plus a quantized forward with straight-through gradients.
+
+    Subclasses implement :meth:`quantized_weight`, :meth:`deployable_bits` and ``forward``; they add parameters in
+    :meth:`build` and may override :meth:`init_from_weight` for data-dependent initialisation (run again after the
+    trained weights are copied in by :meth:`from_linear`).
     """
-
-    OPTIONS: tuple[str, ...] = ()
 
     def __init__(
         self,
         in_features: int,
         out_features: int,
         bias: bool = True,
+        config: QuantConfig | None = None,
+        *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
+        self._init_config(in_features, out_features, config, options)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         if bias:
@@ -42,6 +79,10 @@ class QuantLinear(nn.Module, ABC):
         else:
             self.register_parameter("bias", None)
         self._reset_linear_parameters()
+        self.build(device, dtype)
+
+    def build(self, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        """Create the method's own parameters/buffers (default: none)."""
 
     def _reset_linear_parameters(self) -> None:
         # Same distribution as nn.Linear.reset_parameters, so a fresh layer is a drop-in replacement.
@@ -51,25 +92,11 @@ class QuantLinear(nn.Module, ABC):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        """Raise TypeError naming unknown options; lets the glue fail before touching a model."""
-        unknown = sorted(set(options) - set(cls.OPTIONS))
-        if unknown:
-            raise TypeError(f"{cls.__name__} got unknown option(s) {unknown}; accepted options: {list(cls.OPTIONS)}")
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, **options: Any) -> Self:
-        """Build from a trained nn.Linear: copy W and b bit for bit, then run data-dependent init."""
-        cls.check_options(options)
+    def from_linear(cls, linear: nn.Linear, config: QuantConfig | None = None, **options: Any) -> Self:
+        """Build from a trained nn.Linear: copy W and b bit for bit, then run the data-dependent init."""
         w = linear.weight
-        module = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            device=w.device,
-            dtype=w.dtype,
-            **options,
-        )
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, config=config,
+                     device=w.device, dtype=w.dtype, **options)
         with torch.no_grad():
             module.weight.copy_(w)
             if linear.bias is not None:
@@ -83,17 +110,82 @@ class QuantLinear(nn.Module, ABC):
     @abstractmethod
     def quantized_weight(self) -> Tensor:
         """The effective (dequantized) weight the forward uses, shape (out, in)."""
-        ...
 
     @abstractmethod
     def deployable_bits(self) -> int:
-        """Exact bits of the deployable form (packed weights + 16 bits per fp16 auxiliary value)."""
-        ...
+        """Exact bits of the packed form (packed weights + 16 bits per fp16 auxiliary value)."""
 
     def _bias_values(self) -> int:
         return self.out_features if self.bias is not None else 0
 
-    def extra_repr(self) -> str:
-        opts = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.OPTIONS if hasattr(self, k))
-        base = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-        return f"{base}, {opts}" if opts else base
+
+class PackedLinear(_ConfiguredLinear, ABC):
+    """Inference form: buffers only (no latent weight). Subclasses allocate them in :meth:`build` and fill them
+    from a trained layer in :meth:`fill`; a freshly constructed layer is zero-filled, ready for ``load_state_dict``
+    (what fairseq-generate does with an exported checkpoint)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        config: QuantConfig | None = None,
+        *,
+        aux_dtype: torch.dtype = AUX_DTYPE,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        self._init_config(in_features, out_features, config, options)
+        self.aux_dtype = aux_dtype
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=aux_dtype))
+        else:
+            self.bias: Tensor | None = None
+        self.build()
+
+    @abstractmethod
+    def build(self) -> None:
+        """Register the zero-filled buffers of the packed form."""
+
+    @abstractmethod
+    def fill(self, layer: Any) -> None:
+        """Fill the buffers from a trained training-form layer of the same method."""
+
+    @classmethod
+    def like(cls, layer: QuantLinear, aux_dtype: torch.dtype = AUX_DTYPE) -> Self:
+        """Zero-filled packed layer with ``layer``'s shapes and config (no quantization work)."""
+        if not isinstance(layer, QuantLinear) or layer.CONFIG is not cls.CONFIG:
+            raise TypeError(f"{cls.__name__} packs {cls.CONFIG.method} layers, got {type(layer).__name__}")
+        return cls(layer.in_features, layer.out_features, layer.bias is not None, layer.config, aux_dtype=aux_dtype)
+
+    @classmethod
+    @torch.no_grad()
+    def from_quantized(cls, layer: QuantLinear, aux_dtype: torch.dtype = AUX_DTYPE) -> Self:
+        """Packed counterpart of a trained ``layer`` (on the layer's device)."""
+        packed = cls.like(layer, aux_dtype)
+        packed.fill(layer)
+        if layer.bias is not None:
+            packed.bias.copy_(layer.bias.detach())
+        return packed.to(layer.weight.device)
+
+    def _aux(self, name: str, *shape: int) -> None:
+        self.register_buffer(name, torch.zeros(shape, dtype=self.aux_dtype))
+
+    def _add_bias(self, y: Tensor) -> Tensor:
+        return y if self.bias is None else y + self.bias.float()
+
+
+def buffer_nbytes(module: nn.Module) -> int:
+    """Bytes of the module's state dict tensors (what a packed checkpoint stores for it)."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def check_finite_quantizers(model: nn.Module) -> None:
+    """Raise ValueError naming the first quantized layer tensor with NaN/inf (a corrupt or diverged checkpoint)."""
+    for name, module in model.named_modules():
+        if isinstance(module, (QuantLinear, PackedLinear)):
+            for key, t in module.state_dict().items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    bad = int((~torch.isfinite(t)).sum())
+                    raise ValueError(f"{name}.{key} holds {bad} non-finite value(s) of {t.numel()}: the checkpoint is "
+                                     "corrupt or the run diverged (NaN/inf in a quantizer's tensors)")

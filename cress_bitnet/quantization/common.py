@@ -66,7 +66,7 @@ def fake_quant_per_token(x: Tensor, bits: int = 8, eps: float = EPS) -> Tensor:
 
 
 def seed_act_rescale(z: Tensor, num_groups: int = 1, qb: float = 128.0, eps: float = EPS) -> Tensor:
-    """The SVCD seed's "activation quantization", reproduced faithfully (quant.md §1.2 step 4).
+    """The SVCD seed's "activation quantization" (onebit-st ``BitLinear``, from kyegomez/BitNet's early BitLinear).
 
     Groups run over dim 0 (time in fairseq's (T, B, C)), one absmax per whole block, no rounding,
     fully differentiable. Rows past ``num_groups * (T // num_groups)`` stay zero, exactly as in the

@@ -72,3 +72,26 @@ def unpack_ternary(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -
         raise ValueError("invalid ternary code 3 in packed data")
     lut = torch.tensor([0.0, 1.0, -1.0, 0.0], dtype=dtype, device=packed.device)
     return lut[codes]
+
+
+def pack_codes(codes: Tensor, width: int) -> Tensor:
+    """Pack non-negative integer codes of ``width`` bits (1-16) as a little-endian bit stream along the last dim.
+
+    Value j of a row occupies bits ``j·width … j·width + width − 1`` of the row's stream; each row is padded to whole
+    bytes, so a (rows, n) tensor takes rows·⌈n·width/8⌉ bytes — :func:`packed_bits` exactly, for any width.
+    """
+    if not 1 <= width <= 16:
+        raise ValueError(f"code width must be in [1, 16], got {width}")
+    c = codes.to(torch.int64)
+    if bool((c < 0).any()) or bool((c >= (1 << width)).any()):
+        raise ValueError(f"codes must lie in [0, {(1 << width) - 1}] for width {width}")
+    shifts = torch.arange(width, dtype=torch.int64, device=c.device)
+    bits = ((c.unsqueeze(-1) >> shifts) & 1).reshape(*c.shape[:-1], c.shape[-1] * width)
+    return _pack(bits.to(torch.int32), 1)
+
+
+def unpack_codes(packed: Tensor, n: int, width: int) -> Tensor:
+    """Inverse of :func:`pack_codes`: int64 codes of shape (*, n)."""
+    bits = _unpack(packed, n * width, 1).to(torch.int64).reshape(*packed.shape[:-1], n, width)
+    shifts = torch.arange(width, dtype=torch.int64, device=packed.device)
+    return (bits << shifts).sum(dim=-1)

@@ -8,12 +8,49 @@ and the layers with the largest medians (treated as the least sensitive, as in m
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
+from .config import QuantConfig
+from .registry import METHODS, method_of
+
+logger = logging.getLogger(__name__)
+
 MAX_SAMPLES_PER_LAYER = 1 << 20
+PLANNED_OPTION = "bits"
+
+
+def bit_range(config: QuantConfig) -> tuple[int, int]:
+    """The bit widths a method allows, as its config declares them; a method without ``bits`` cannot be planned."""
+    if PLANNED_OPTION not in config.field_names():
+        plannable = sorted(m for m, spec in METHODS.items() if PLANNED_OPTION in spec.config.field_names())
+        raise ValueError(f"--quant-budget-mb needs a method with a bit width ({', '.join(plannable)}), "
+                         f"not {config.method}")
+    low, high = config.field_range(PLANNED_OPTION)
+    return int(low), int(high)
+
+
+def size_table(linears: dict[str, nn.Linear], config: QuantConfig) -> dict[str, dict[int, int]]:
+    """Deployable bits of every layer at every allowed width (layers built on the meta device: no memory, no fit)."""
+    low, high = bit_range(config)
+    layer_cls = method_of(config).layer
+    return {
+        name: {b: layer_cls(lin.in_features, lin.out_features, lin.bias is not None, config.replace(bits=b),
+                            device="meta").deployable_bits() for b in range(low, high + 1)}
+        for name, lin in linears.items()
+    }
+
+
+def plan_configs(linears: dict[str, nn.Linear], config: QuantConfig, budget_bits: int,
+                 medians: dict[str, float]) -> tuple[dict[str, QuantConfig], dict[str, dict[int, int]]]:
+    """Per-module configs (``config`` with planned ``bits``) that fit ``budget_bits``, and the size table used."""
+    low, high = bit_range(config)
+    sizes = size_table(linears, config)
+    bits = select_bits(sizes, medians, budget_bits, low, high)
+    return {n: config.replace(bits=bits[n]) for n in linears}, sizes
 
 
 @torch.no_grad()
@@ -79,3 +116,18 @@ def select_bits(
                 bits[name] -= 1
                 if total() <= budget_bits:
                     return bits
+
+
+def plan_for_budget(model: nn.Module, names: list[str], config: QuantConfig, budget_mb: float,
+                    run_calibration: Callable[[], None]) -> dict[str, QuantConfig]:
+    """The whole planner: calibrate (``run_calibration`` feeds unlabeled data through ``model``), measure, select.
+
+    Returns one config per layer in ``names`` (``config`` with its planned ``bits``) and logs the plan.
+    """
+    modules = dict(model.named_modules())
+    medians = activation_medians(model, names, run_calibration)
+    configs, sizes = plan_configs({n: modules[n] for n in names}, config, int(budget_mb * 8 * 2**20), medians)
+    total = sum(sizes[n][c.bits] for n, c in configs.items())
+    logger.info(f"budget plan for {len(names)} layers (budget {budget_mb} MB, total {total / 8 / 2**20:.4f} MB): "
+                + ", ".join(f"{n}: {c.bits} bits (median |out| {medians[n]:.4g})" for n, c in configs.items()))
+    return configs

@@ -1,17 +1,40 @@
-"""Binary-code quantization (BCQ, quant.md §2): W_row ≈ Σ_i α_i b_i with b_i ∈ {−1, +1}."""
+"""Binary-code quantization, W_row ≈ Σ_i α_i b_i with b_i ∈ {−1, +1}: config, training and packed layers.
+
+Greedy fit: Guo et al. 2017; alternating fit: Xu et al., ICLR 2018 (arXiv 1802.00150)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import QuantLinear
-from .common import check_group_size, column_groups, sign_pm1, straight_through
-from .packing import packed_bits
+from cress_bitnet.kernels import signed_matmul
 
-BCQ_METHODS = ("greedy", "alternating")
+from ..base import PackedLinear, QuantLinear
+from ..common import check_group_size, column_groups, sign_pm1, straight_through
+from ..config import QuantConfig, option
+from ..packing import pack_signs, packed_bits, unpack_signs
+from ..registry import register_method
+
+BCQ_FITS = ("greedy", "alternating")
 MAX_BCQ_BITS = 4
+
+
+@dataclass(frozen=True)
+class BCQConfig(QuantConfig):
+    """``bits`` sign planes per weight, one α per row (or per ``group_size`` inputs), fitted by ``fit``."""
+
+    method: ClassVar[str] = "bcq"
+    bits: int = option(2, low=1, high=MAX_BCQ_BITS, flag="quant_bits", help="bits per weight")
+    group_size: int | None = option(None, low=1)
+    fit: str = option("greedy", choices=BCQ_FITS, help="greedy (Guo et al. 2017) or alternating (Xu et al. 2018)")
+    rounds: int = option(2, low=0)
+
+    def check_shape(self, in_features: int, out_features: int) -> None:
+        check_group_size(in_features, self.group_size)
 
 
 def bcq_greedy(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
@@ -70,36 +93,9 @@ class BCQLinear(QuantLinear):
     """Linear with a BCQ weight refit from the latent W in every forward; STE to W; fp activations.
 
     One α vector per output row, or per group of ``group_size`` consecutive inputs (must divide in).
-    ``method``: "greedy" or "alternating" (``rounds`` refinement rounds; Xu et al. find 2 enough).
+    ``fit``: "greedy" or "alternating" (``rounds`` refinement rounds; Xu et al. find 2 enough).
     Deployable bits = bits·out·ceil(in/8)·8 (one sign plane per bit) + 16·(out·n_groups·bits [α] + out [bias]).
     """
-
-    OPTIONS = ("bits", "group_size", "method", "rounds")
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        bits: int = 2,
-        group_size: int | None = None,
-        method: str = "greedy",
-        rounds: int = 2,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        if not 1 <= bits <= MAX_BCQ_BITS:
-            raise ValueError(f"BCQ bits must be in [1, {MAX_BCQ_BITS}], got {bits}")
-        if method not in BCQ_METHODS:
-            raise ValueError(f"unknown BCQ method {method!r}; choices: {list(BCQ_METHODS)}")
-        if rounds < 0:
-            raise ValueError(f"rounds must be >= 0, got {rounds}")
-        check_group_size(in_features, group_size)
-        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.bits = bits
-        self.group_size = group_size
-        self.method = method
-        self.rounds = rounds
 
     @property
     def n_groups(self) -> int:
@@ -111,7 +107,7 @@ class BCQLinear(QuantLinear):
 
     def _fit(self, w: Tensor) -> tuple[Tensor, Tensor]:
         grouped = column_groups(w, self.group_size)
-        if self.method == "greedy":
+        if self.fit == "greedy":
             return bcq_greedy(grouped, self.bits)
         return bcq_alternating(grouped, self.bits, self.rounds)
 
@@ -130,3 +126,51 @@ class BCQLinear(QuantLinear):
     def deployable_bits(self) -> int:
         planes = self.bits * packed_bits(self.out_features, self.in_features, 1)
         return planes + 16 * (self.out_features * self.n_groups * self.bits + self._bias_values())
+
+
+class PackedBCQLinear(PackedLinear):
+    """BCQ at inference: y = Σ_i α_i ⊙ (S_i x) + b with one packed sign plane per bit.
+
+    Buffers: ``planes`` (bits, out, ⌈in/8⌉) uint8, ``alphas`` (out, n_groups, bits) fp16 — matches
+    ``deployable_bits()``. All planes go through one kernel call (stacked as bits·out rows); with column groups
+    each group is one call on byte-aligned slices, or (group_size not a multiple of 8) W is rebuilt per forward.
+    """
+
+    @property
+    def n_groups(self) -> int:
+        return 1 if self.config.group_size is None else self.in_features // self.config.group_size
+
+    def build(self) -> None:
+        bits = self.config.bits
+        self.register_buffer("planes", torch.zeros(bits, self.out_features, -(-self.in_features // 8),
+                                                   dtype=torch.uint8))
+        self._aux("alphas", self.out_features, self.n_groups, bits)
+
+    def fill(self, layer: BCQLinear) -> None:
+        alpha, signs = layer.bcq_fit()  # (out, G, bits), (out, G, bits, gs)
+        planes = signs.permute(2, 0, 1, 3).reshape(self.config.bits, self.out_features, self.in_features)
+        self.planes.copy_(pack_signs(planes))
+        self.alphas.copy_(alpha)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bits, gs = self.config.bits, self.config.group_size
+        xf = x.float()
+        alphas = self.alphas.float()  # (out, G, bits)
+        rows = self.planes.reshape(bits * self.out_features, -1)
+        if self.n_groups == 1:
+            z = signed_matmul(xf, rows, self.in_features).unflatten(-1, (bits, self.out_features))
+            y = (z * alphas[:, 0, :].T).sum(dim=-2)
+        elif gs % 8 == 0:
+            gb = gs // 8
+            y = 0
+            for g in range(self.n_groups):
+                z = signed_matmul(xf[..., g * gs : (g + 1) * gs], rows[:, g * gb : (g + 1) * gb], gs)
+                y = y + (z.unflatten(-1, (bits, self.out_features)) * alphas[:, g, :].T).sum(dim=-2)
+        else:
+            signs = unpack_signs(self.planes, self.in_features).unflatten(-1, (self.n_groups, gs))
+            w = (signs * alphas.permute(2, 0, 1).unsqueeze(-1)).sum(dim=0).reshape(self.out_features, -1)
+            y = F.linear(xf, w)
+        return self._add_bias(y).to(x.dtype)
+
+
+register_method(BCQConfig, BCQLinear, PackedBCQLinear)

@@ -1,19 +1,38 @@
-"""Ternary SVD (TSVD, Chen et al. 2023; quant.md §3): W ≈ U diag(s) V with U, V ∈ {−1, 0, +1}."""
+"""Ternary SVD, W ≈ U diag(s) V with U, V ∈ {−1, 0, +1}: config, training and packed layers.
+
+Chen et al. 2023 (arXiv 2308.07641), reference package ``tern_svd``."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .base import QuantLinear
-from .common import sign_pm1
-from .packing import packed_bits
+from cress_bitnet.kernels import ternary_matmul
+
+from ..base import PackedLinear, QuantLinear
+from ..common import sign_pm1
+from ..config import QuantConfig, option
+from ..packing import pack_ternary, packed_bits
+from ..registry import register_method
 
 # Above this smaller dimension the top singular pairs come from svd_lowrank: a full SVD per deflation
 # step is what makes TSVD unaffordable during training (the reference switches at 1024² entries).
 LOWRANK_MIN_DIM = 256
+
+
+@dataclass(frozen=True)
+class TSVDConfig(QuantConfig):
+    """Deflation stops at ``tolerance`` × the top singular value or at ``max_rank``; ``cos_thresh`` of the ternary
+    policy; ``steps`` sets the stride (singular pairs per deflation step)."""
+
+    method: ClassVar[str] = "tsvd"
+    tolerance: float = option(5e-2, low=0.0)
+    cos_thresh: float = option(0.8386, low=-1.0, high=1.0)
+    max_rank: int | None = option(None, low=1)
+    steps: int = option(20, low=1)
 
 
 def ternary_policy(a: Tensor, cos_thresh: float) -> Tensor:
@@ -131,33 +150,12 @@ class TSVDLinear(QuantLinear):
     Deployable bits = out·ceil(r/4)·8 (U, 2-bit, row-major) + r·ceil(in/4)·8 (V) + 16·(r [s] + out [bias]).
     """
 
-    OPTIONS = ("tolerance", "cos_thresh", "max_rank", "steps")
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        tolerance: float = 5e-2,
-        cos_thresh: float = 0.8386,
-        max_rank: int | None = None,
-        steps: int = 20,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if max_rank is not None and max_rank < 1:
-            raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.tolerance = tolerance
-        self.cos_thresh = cos_thresh
-        self.max_rank = max_rank
-        self.steps = steps
-        self.stride = max(1, int(in_features * out_features / (in_features + out_features) / steps))
-        self.register_buffer("u", torch.zeros(out_features, 0, device=device), persistent=False)
+    def build(self, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        n_in, n_out = self.in_features, self.out_features
+        self.stride = max(1, int(n_in * n_out / (n_in + n_out) / self.config.steps))
+        self.register_buffer("u", torch.zeros(n_out, 0, device=device), persistent=False)
         self.register_buffer("s", torch.zeros(0, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(0, in_features, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(0, n_in, device=device), persistent=False)
         self._source: Tensor | None = None
         self.decompositions = 0
 
@@ -190,3 +188,51 @@ class TSVDLinear(QuantLinear):
         planes = packed_bits(self.out_features, r, 2) + packed_bits(r, self.in_features, 2)
         return planes + 16 * (r + self._bias_values())
 
+
+
+class PackedTSVDLinear(PackedLinear):
+    """Ternary SVD at inference: y = U (s ⊙ (V x)) + b, two add-only ternary matmuls with an fp16 s in between.
+
+    Buffers: ``u_codes`` (out, ⌈r/4⌉), ``v_codes`` (r, ⌈in/4⌉) 2-bit ternary, ``s`` (r) fp16 — matches
+    ``deployable_bits()``. The rank r is data-dependent, so a zero-filled layer has r = 0 and
+    :meth:`_load_from_state_dict` adopts the rank of the state dict it receives.
+    """
+
+    def build(self, rank: int = 0) -> None:
+        self.register_buffer("u_codes", torch.zeros(self.out_features, -(-rank // 4), dtype=torch.uint8))
+        self.register_buffer("v_codes", torch.zeros(rank, -(-self.in_features // 4), dtype=torch.uint8))
+        self._aux("s", rank)
+
+    @property
+    def rank(self) -> int:
+        return self.s.numel()
+
+    def fill(self, layer: TSVDLinear) -> None:
+        u, s, v = layer.decompose()
+        self.build(s.numel())
+        self.u_codes.copy_(pack_ternary(u))
+        self.v_codes.copy_(pack_ternary(v))
+        self.s.copy_(s)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        s = state_dict.get(prefix + "s")
+        if isinstance(s, Tensor) and s.dim() == 1 and s.numel() != self.rank:
+            device = self.s.device
+            self.build(s.numel())
+            self.to(device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        if self.rank == 0:
+            y = xf.new_zeros(*xf.shape[:-1], self.out_features)
+        else:
+            t = ternary_matmul(xf, self.v_codes, self.in_features) * self.s.float()
+            y = ternary_matmul(t, self.u_codes, self.rank)
+        return self._add_bias(y).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}"
+
+
+register_method(TSVDConfig, TSVDLinear, PackedTSVDLinear)

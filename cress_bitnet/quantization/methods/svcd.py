@@ -1,20 +1,55 @@
-"""SVCD: Sign Value Constraint Decomposition (the seed method, quant.md §1.2, cress.md §2.3-2.4)."""
+"""SVCD, Sign Value Constraint Decomposition: y = h ⊙ Act(sign(W − α)·(g ⊙ LN(x)) + b) — config, training layer
+and packed inference layer.
+
+The method of the onebit-st code (github.com/myaxxxxx/onebit-st, ``BitLinear``), built on the BitLinear of
+kyegomez/BitNet; g and h play the role of the value vectors of OneBit (Xu et al., 2024, arXiv 2402.11295), with a
+bounded ("constraint") init so that training in fp16 does not overflow.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import QuantLinear
-from .common import check_num_groups, fake_quant_per_token, row_group_mean, seed_act_rescale, sign_pm1, straight_through
-from .packing import packed_bits
+from cress_bitnet.kernels import signed_matmul, svcd_forward
+
+from ..base import PackedLinear, QuantLinear
+from ..common import (
+    EPS,
+    check_num_groups,
+    fake_quant_per_token,
+    row_group_mean,
+    seed_act_rescale,
+    sign_pm1,
+    straight_through,
+)
+from ..config import QuantConfig, option
+from ..packing import pack_signs, packed_bits
+from ..registry import register_method
 
 SVCD_INITS = ("constraint", "unconstrained", "svd", "signvalue")
 WEIGHT_INITS = ("svd", "signvalue")  # computed from the (copied) weight
 SVCD_ACT_QUANT = ("per_token", "seed", "none")
+LN_EPS = 1e-5
+"""Epsilon of the layer's own LayerNorm (nn.LayerNorm's default), shared by the training and the packed form."""
+
+
+@dataclass(frozen=True)
+class SVCDConfig(QuantConfig):
+    """``num_groups``: row groups for the weight mean α; ``init`` of g, h; ``act_quant`` of the matmul output."""
+
+    method: ClassVar[str] = "svcd"
+    num_groups: int = option(1, low=1, flag="quant_groups", help="weight groups over output rows")
+    init: str = option("constraint", choices=SVCD_INITS, flag="quant_init", help="SVCD g/h init")
+    act_quant: str = option("per_token", choices=SVCD_ACT_QUANT, flag="quant_act", help="activation quantizer")
+
+    def check_shape(self, in_features: int, out_features: int) -> None:
+        check_num_groups(self.num_groups, out_features)
 
 
 class SVCDLinear(QuantLinear):
@@ -37,29 +72,9 @@ class SVCDLinear(QuantLinear):
     folded in: (γ ⊙ g, β ⊙ g)] + out [bias, if any]). No weight scale is kept: h absorbs it.
     """
 
-    OPTIONS = ("num_groups", "init", "act_quant")
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        num_groups: int = 1,
-        init: str = "constraint",
-        act_quant: str = "per_token",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        if init not in SVCD_INITS:
-            raise ValueError(f"unknown SVCD init {init!r}; choices: {list(SVCD_INITS)}")
-        if act_quant not in SVCD_ACT_QUANT:
-            raise ValueError(f"unknown SVCD act_quant {act_quant!r}; choices: {list(SVCD_ACT_QUANT)}")
-        check_num_groups(num_groups, out_features)
-        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.num_groups = num_groups
-        self.init = init
-        self.act_quant = act_quant
-        self.norm = nn.LayerNorm(in_features, device=device, dtype=dtype)
+    def build(self, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        in_features, out_features = self.in_features, self.out_features
+        self.norm = nn.LayerNorm(in_features, eps=LN_EPS, device=device, dtype=dtype)
         self.g = nn.Parameter(torch.empty(in_features, device=device, dtype=dtype))
         self.h = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
         self.reset_gh()
@@ -81,7 +96,11 @@ class SVCDLinear(QuantLinear):
         * ``signvalue``: W − α = sign(W − α) ⊙ |W − α|, and the non-negative |W − α| ≈ σ·u·vᵀ (its Perron vectors,
           both ≥ 0), so h = √σ·u, g = √σ·v make diag(h)·sign(W − α)·diag(g) the best sign-times-rank-1 fit of the
           trained W; α·Σx vanishes on the LayerNorm'd (zero-mean) input, and the bias is divided by h because it is
-          added before the ⊙ h. The swapped layer then starts close to the trained one instead of from random g, h.
+          added before the ⊙ h. The swapped layer then starts close to the trained one instead of from random g, h —
+          but only when the layer's input is already LayerNorm'd (zero mean, unit variance per token: q/k/v and fc1
+          fed by a LayerNorm). On raw inputs (fc2 after ReLU, attention output projections) the layer's own LayerNorm
+          removes each token's mean and scale, so the start is far from the trained layer (relative output error
+          0.9 after ReLU, 1.8 for inputs of scale 0.3, against 0.6 — the sign-fit limit — on normalised inputs).
         """
         if self.init not in WEIGHT_INITS:
             return
@@ -130,3 +149,43 @@ class SVCDLinear(QuantLinear):
     def deployable_bits(self) -> int:
         aux = self.out_features + 2 * self.in_features + self._bias_values()  # g lives in the folded LayerNorm
         return packed_bits(self.out_features, self.in_features, 1) + 16 * aux
+
+
+class PackedSVCDLinear(PackedLinear):
+    """SVCD at inference: y = Act(signs · LN'(x) + b) ⊙ h with g folded into the LayerNorm affine (LN' = LN ⊙ g).
+
+    With one activation group the seed's per-tensor weight scale cancels, so sign bits, folded LN, b and h are all
+    that is stored. Buffers: ``signs`` (out, ⌈in/8⌉) uint8; ``ln_weight``, ``ln_bias`` (in), ``h``, ``bias`` (out) in
+    fp16 — exactly ``SVCDLinear.deployable_bits()``.
+    """
+
+    def build(self) -> None:
+        self.register_buffer("signs", torch.zeros(self.out_features, -(-self.in_features // 8), dtype=torch.uint8))
+        self._aux("ln_weight", self.in_features)
+        self._aux("ln_bias", self.in_features)
+        self._aux("h", self.out_features)
+
+    def fill(self, layer: SVCDLinear) -> None:
+        self.signs.copy_(pack_signs(layer.binary_weight()))
+        g = layer.g.float()
+        self.ln_weight.copy_(layer.norm.weight.float() * g)
+        self.ln_bias.copy_(layer.norm.bias.float() * g)
+        self.h.copy_(layer.h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        act = self.config.act_quant
+        if act != "seed":
+            fused = svcd_forward(x, self.ln_weight, self.ln_bias, LN_EPS, self.signs, self.bias, self.h,
+                                 act == "per_token", EPS)
+            if fused is not None:
+                return fused
+        u = F.layer_norm(x.float(), (self.in_features,), self.ln_weight.float(), self.ln_bias.float(), LN_EPS)
+        z = self._add_bias(signed_matmul(u, self.signs, self.in_features))
+        if act == "per_token":
+            z = fake_quant_per_token(z)
+        elif act == "seed":
+            z = seed_act_rescale(z, self.config.num_groups)
+        return (z * self.h.float()).to(x.dtype)
+
+
+register_method(SVCDConfig, SVCDLinear, PackedSVCDLinear)
