@@ -24,18 +24,30 @@ AUX_DTYPE = torch.float16
 """Storage dtype of packed scales, biases, norms and h: the deployable format."""
 
 
-class _ConfiguredLinear(nn.Module):
-    """Shapes + config; config fields readable as attributes."""
+class _ConfiguredLinear(nn.Module, ABC):
+    """Shapes + config, one constructor for both forms; config fields readable as attributes.
+
+    Keyword arguments named in ``FACTORY_KEYS`` (``device``/``dtype`` for the training form, ``aux_dtype`` for the
+    packed form) go to :meth:`_allocate`; all others build the config.
+    """
 
     CONFIG: ClassVar[type[QuantConfig]]
+    FACTORY_KEYS: ClassVar[tuple[str, ...]] = ()
 
-    def _init_config(self, in_features: int, out_features: int, config: QuantConfig | None,
-                     options: dict[str, Any]) -> None:
-        config = resolve_config(self.CONFIG, config, options)
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, config: QuantConfig | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        factory = {k: kwargs.pop(k) for k in list(kwargs) if k in self.FACTORY_KEYS}
+        config = resolve_config(self.CONFIG, config, kwargs)
         config.check_shape(in_features, out_features)
         self.in_features = in_features
         self.out_features = out_features
         self.config = config
+        self._allocate(bias, **factory)
+
+    @abstractmethod
+    def _allocate(self, bias: bool, **factory: Any) -> None:
+        """Create the tensors of this form."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -51,7 +63,7 @@ class _ConfiguredLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{opts}"
 
 
-class QuantLinear(_ConfiguredLinear, ABC):
+class QuantLinear(_ConfiguredLinear):
     """Training form: latent fp ``weight``/``bias`` plus a quantized forward with straight-through gradients.
 
     Subclasses implement :meth:`quantized_weight`, :meth:`deployable_bits` and ``forward``; they add parameters in
@@ -59,23 +71,13 @@ class QuantLinear(_ConfiguredLinear, ABC):
     trained weights are copied in by :meth:`from_linear`).
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        config: QuantConfig | None = None,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__()
-        self._init_config(in_features, out_features, config, options)
+    FACTORY_KEYS = ("device", "dtype")
+
+    def _allocate(self, bias: bool, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features, **factory))
         if bias:
-            self.bias: nn.Parameter | None = nn.Parameter(torch.empty(out_features, **factory))
+            self.bias: nn.Parameter | None = nn.Parameter(torch.empty(self.out_features, **factory))
         else:
             self.register_parameter("bias", None)
         self._reset_linear_parameters()
@@ -119,26 +121,17 @@ class QuantLinear(_ConfiguredLinear, ABC):
         return self.out_features if self.bias is not None else 0
 
 
-class PackedLinear(_ConfiguredLinear, ABC):
+class PackedLinear(_ConfiguredLinear):
     """Inference form: buffers only (no latent weight). Subclasses allocate them in :meth:`build` and fill them
     from a trained layer in :meth:`fill`; a freshly constructed layer is zero-filled, ready for ``load_state_dict``
     (what fairseq-generate does with an exported checkpoint)."""
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        config: QuantConfig | None = None,
-        *,
-        aux_dtype: torch.dtype = AUX_DTYPE,
-        **options: Any,
-    ) -> None:
-        super().__init__()
-        self._init_config(in_features, out_features, config, options)
+    FACTORY_KEYS = ("aux_dtype",)
+
+    def _allocate(self, bias: bool, aux_dtype: torch.dtype = AUX_DTYPE) -> None:
         self.aux_dtype = aux_dtype
         if bias:
-            self.register_buffer("bias", torch.zeros(out_features, dtype=aux_dtype))
+            self.register_buffer("bias", torch.zeros(self.out_features, dtype=aux_dtype))
         else:
             self.bias: Tensor | None = None
         self.build()
