@@ -3,12 +3,14 @@
 # A recipe is a short file (ESPnet's egs2/*/st1/run.sh -> TEMPLATE/st1/st.sh layout):
 #   source "$(dirname "${BASH_SOURCE[0]}")/train_template.sh"
 #   RECIPE_USAGE=...; RECIPE_ABOUT=...; RECIPE_TITLE=...   the --help text and the log line
-#   var NAME DEFAULT HELP ...        its own settings, and any shared default it changes (e.g. MAX_EPOCH)
+#   var NAME DEFAULT HELP ...        its own settings, and any shared default it changes (e.g. MAX_EPOCH, CRITERION)
 #   vars_st / vars_new_model         the optional setting groups below that it uses
 #   recipe_args() { ... }            its checks, then its fairseq-train flags appended to RECIPE_ARGS
 #                                    (st_args / new_model_args add the groups' flags)
 #   after_training() { ... }         optional: run after fairseq-train (e.g. checkpoint averaging)
 #   train_main "$@"
+# A recipe with several fairseq-train stages calls `train_prepare "$@"` once, then `fairseq_train "$@" [more flags]`
+# per stage after setting that stage's variables (SAVE_DIR and TB_DIR, CRITERION, ...; recipe_args runs each time).
 # Extra command-line arguments go to fairseq-train last, so they override every default.
 # shellcheck shell=bash
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -20,6 +22,7 @@ vars_ckpt
 # The hyper-parameters every training recipe passes (CRESS's ST values); a recipe that declared one keeps its own.
 shared_training_vars() {
     shared SAVE_DIR "" "output folder"
+    shared CRITERION speech_and_text_translation "training criterion"
     shared TB_DIR '$SAVE_DIR/tensorboard' "tensorboard log folder"
     shared LR 1e-4 "peak learning rate (inverse_sqrt schedule)"
     shared WARMUP 4000 "warm-up updates"
@@ -78,10 +81,15 @@ new_model_args() {
     if [[ -n "$DROPOUT" ]]; then RECIPE_ARGS+=(--dropout "$DROPOUT"); fi
 }
 
-train_main() {
+# train_prepare "$@": --help, TGT, every default, the data folder; once per recipe.
+train_prepare() {
     shared_training_vars
     recipe_start "$@"
     require_dir "$DATA" "prepared data (DATA; run scripts/prep_mustc.sh)"
+}
+
+# fairseq_train [ARGS...]: one fairseq-train run with the current settings and recipe_args' flags, ARGS last.
+fairseq_train() {
     RECIPE_ARGS=()
     recipe_args
     local device_flags=() batch=()
@@ -94,7 +102,7 @@ train_main() {
     run_logged "$PYTHON" -m fairseq_cli.train "$DATA" \
         --user-dir "$USER_DIR" --task speech_and_text_translation --config-yaml config.yaml \
         --train-subset train --valid-subset dev --tgt-lang "$TGT" "${RECIPE_ARGS[@]}" \
-        --criterion speech_and_text_translation --label-smoothing "$LABEL_SMOOTHING" --report-accuracy \
+        --criterion "$CRITERION" --label-smoothing "$LABEL_SMOOTHING" --report-accuracy \
         --optimizer adam --adam-betas '(0.9, 0.98)' --lr "$LR" --lr-scheduler inverse_sqrt \
         --warmup-updates "$WARMUP" --weight-decay "$WEIGHT_DECAY" --clip-norm "$CLIP_NORM" \
         --max-tokens "$MAX_TOKENS" "${batch[@]}" --max-tokens-text "$MAX_TOKENS_TEXT" --update-freq "$UPDATE_FREQ" \
@@ -102,6 +110,11 @@ train_main() {
         --save-dir "$SAVE_DIR" --tensorboard-logdir "$TB_DIR" \
         --seed "$SEED" --num-workers "$NUM_WORKERS" --no-progress-bar --log-format simple \
         --log-interval "$LOG_INTERVAL" --ddp-backend legacy_ddp "${device_flags[@]}" "$@"
+}
+
+train_main() {
+    train_prepare "$@"
+    fairseq_train "$@"
     if declare -F after_training >/dev/null; then after_training; fi
     log "done: $SAVE_DIR"
 }

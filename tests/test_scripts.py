@@ -253,7 +253,8 @@ TRAIN_FLAGS = {"LR": "--lr", "WARMUP": "--warmup-updates", "CLIP_NORM": "--clip-
                "WEIGHT_DECAY": "--weight-decay", "LABEL_SMOOTHING": "--label-smoothing", "MAX_UPDATE": "--max-update",
                "MAX_EPOCH": "--max-epoch", "PATIENCE": "--patience", "SEED": "--seed",
                "LOG_INTERVAL": "--log-interval", "BATCH_SIZE": "--batch-size", "ARCH": "--arch",
-               "QUANT_TARGETS": "--quant-targets", "QUANT_METHOD": "--quant-method", "QUANT_INIT": "--quant-init"}
+               "QUANT_TARGETS": "--quant-targets", "QUANT_METHOD": "--quant-method", "QUANT_INIT": "--quant-init",
+               "CRITERION": "--criterion"}
 
 
 @pytest.mark.parametrize("script", ["train_mt.sh", "train_st_baseline.sh", "train_svcd.sh"])
@@ -281,7 +282,7 @@ def test_training_recipes_pass_the_defaults_their_help_prints(script: str, tmp_p
             continue
         assert argv[argv.index(flag) + 1] == defaults[var], (script, var, flag)
         checked += 1
-    assert checked >= 14
+    assert checked >= 15
     assert argv[argv.index("--tensorboard-logdir") + 1] == f"{tmp_path}/save/tensorboard"  # $SAVE_DIR/tensorboard
     assert argv[argv.index("--tgt-lang") + 1] == "fr" and argv[argv.index("--cpu") - 1] == "legacy_ddp"
     if script == "train_svcd.sh":
@@ -290,6 +291,57 @@ def test_training_recipes_pass_the_defaults_their_help_prints(script: str, tmp_p
         assert "--batch-size" not in argv and "--ext-mt-training" in argv
         assert "-m scripts.average_checkpoints" in log.read_text()
     assert "no GPU found" in proc.stderr
+
+
+TWO_STAGE_RECIPE = """#!/usr/bin/env bash
+# A recipe written against the template: two fairseq-train stages, the second restoring the first's checkpoint.
+set -euo pipefail
+source "{scripts}/train_template.sh"
+RECIPE_USAGE="TGT=de scripts/two_stage.sh"
+RECIPE_ABOUT="Test recipe."
+RECIPE_TITLE="two stages"
+var SAVE_DIR '$CKPT_ROOT/en-$TGT.first' "first stage output"
+var SECOND_DIR '$CKPT_ROOT/en-$TGT.second' "second stage output"
+var CRITERION label_smoothed_cross_entropy "first stage criterion"
+var MAX_EPOCH 7 "max epochs"
+vars_st
+recipe_args() {{ RECIPE_ARGS+=(--arch test_arch --stage-dir "$SAVE_DIR"); st_args; }}
+train_prepare "$@"
+fairseq_train "$@"
+FIRST="$SAVE_DIR/checkpoint_last.pt"
+SAVE_DIR="$SECOND_DIR" TB_DIR="$SECOND_DIR/tensorboard" CRITERION=cross_entropy \\
+    fairseq_train "$@" --restore-file "$FIRST"
+"""
+
+
+def test_a_recipe_is_a_short_file_on_the_template(tmp_path: Path) -> None:
+    recipe = tmp_path / "two_stage.sh"
+    recipe.write_text(TWO_STAGE_RECIPE.format(scripts=SCRIPTS))
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    log = tmp_path / "argv.log"
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {**os.environ, "TGT": "it", "DATA": str(data), "CKPT_ROOT": str(tmp_path / "ck"), "PYTHON": str(stub),
+           "STUB_LOG": str(log)}
+    help_text = subprocess.run(["bash", str(recipe), "--help"], env=env, capture_output=True, text=True).stdout
+    assert re.search(r"^  SECOND_DIR +second stage output \(\$CKPT_ROOT/en-\$TGT\.second\)$", help_text, flags=re.M)
+    assert re.search(r"^  LR +.*\(1e-4\)$", help_text, flags=re.M)  # the template's shared settings are listed too
+    proc = subprocess.run(["bash", str(recipe), "--seed", "5"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    runs = [line.split() for line in log.read_text().splitlines() if line.startswith("-m fairseq_cli.train")]
+    assert len(runs) == 2
+    first, second = runs
+    ck = tmp_path / "ck"
+    assert _flag(" ".join(first), "--criterion") == "label_smoothed_cross_entropy"
+    assert _flag(" ".join(second), "--criterion") == "cross_entropy"
+    assert _flag(" ".join(first), "--stage-dir") == _flag(" ".join(first), "--save-dir") == f"{ck}/en-it.first"
+    assert _flag(" ".join(second), "--stage-dir") == _flag(" ".join(second), "--save-dir") == f"{ck}/en-it.second"
+    assert _flag(" ".join(second), "--tensorboard-logdir") == f"{ck}/en-it.second/tensorboard"
+    assert second[-2:] == ["--restore-file", f"{ck}/en-it.first/checkpoint_last.pt"]
+    assert first[-2:] == ["--seed", "5"] and _flag(" ".join(first), "--max-epoch") == "7"
+    assert "--st-training" in first and "--st-training" in second
 
 
 def test_deltalm_mode_defaults(tmp_path: Path) -> None:
