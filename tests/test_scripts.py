@@ -180,11 +180,16 @@ echo "Generate tst-COMMON with beam=$beam: BLEU = 12.34 50.0/20.0/10.0/5.0 (BP =
 """
 
 
-def _generate_with_stub(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+def _stub_python(tmp_path: Path, script: str = STUB_PYTHON) -> tuple[Path, Path]:
+    """The stand-in interpreter in ``tmp_path`` and the file it records command lines in."""
     stub = tmp_path / "python"
-    stub.write_text(STUB_PYTHON)
+    stub.write_text(script)
     stub.chmod(0o755)
-    log = tmp_path / "argv.log"
+    return stub, tmp_path / "argv.log"
+
+
+def _generate_with_stub(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+    stub, log = _stub_python(tmp_path)
     log.unlink(missing_ok=True)
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
@@ -259,10 +264,7 @@ TRAIN_FLAGS = {"LR": "--lr", "WARMUP": "--warmup-updates", "CLIP_NORM": "--clip-
 
 @pytest.mark.parametrize("script", ["train_mt.sh", "train_st_baseline.sh", "train_svcd.sh"])
 def test_training_recipes_pass_the_defaults_their_help_prints(script: str, tmp_path: Path) -> None:
-    stub = tmp_path / "python"
-    stub.write_text(STUB_PYTHON)
-    stub.chmod(0o755)
-    log = tmp_path / "argv.log"
+    stub, log = _stub_python(tmp_path)
     data = tmp_path / "data"
     (data / "binary").mkdir(parents=True)
     for name in ("hubert.pt", "mt.pt", "fp.pt"):
@@ -317,10 +319,7 @@ SAVE_DIR="$SECOND_DIR" TB_DIR="$SECOND_DIR/tensorboard" CRITERION=cross_entropy 
 def test_a_recipe_is_a_short_file_on_the_template(tmp_path: Path) -> None:
     recipe = tmp_path / "two_stage.sh"
     recipe.write_text(TWO_STAGE_RECIPE.format(scripts=SCRIPTS))
-    stub = tmp_path / "python"
-    stub.write_text(STUB_PYTHON)
-    stub.chmod(0o755)
-    log = tmp_path / "argv.log"
+    stub, log = _stub_python(tmp_path)
     data = tmp_path / "data"
     data.mkdir()
     env = {**os.environ, "TGT": "it", "DATA": str(data), "CKPT_ROOT": str(tmp_path / "ck"), "PYTHON": str(stub),
@@ -346,10 +345,7 @@ def test_a_recipe_is_a_short_file_on_the_template(tmp_path: Path) -> None:
 
 def test_deltalm_mode_defaults(tmp_path: Path) -> None:
     """DELTALM_DIR switches the baseline's ARCH and MT_CKPT defaults (explicit values still win) and prep's vocab."""
-    stub = tmp_path / "python"
-    stub.write_text(STUB_PYTHON)
-    stub.chmod(0o755)
-    log = tmp_path / "argv.log"
+    stub, log = _stub_python(tmp_path)
     data = tmp_path / "data"
     data.mkdir()
     dl = tmp_path / "deltalm"
@@ -382,9 +378,8 @@ def test_deltalm_mode_defaults(tmp_path: Path) -> None:
 
 def test_demo_fingerprint_is_every_demo_setting(tmp_path: Path) -> None:
     """settings.txt holds every DEMO_* setting --help lists, with its value; changing one redoes every stage."""
-    stub = tmp_path / "python"
-    stub.write_text("#!/usr/bin/env bash\nexit 1\n")  # the first stage fails at once: only the fingerprint matters
-    stub.chmod(0o755)
+    # the first stage fails at once: only the fingerprint matters
+    stub, _ = _stub_python(tmp_path, "#!/usr/bin/env bash\nexit 1\n")
     out = tmp_path / "out"
     env_help = subprocess.run(["bash", str(SCRIPTS / "demo.sh"), "--help"], capture_output=True, text=True).stdout
     names = re.findall(r"^  (DEMO_[A-Z0-9_]+) ", env_help, flags=re.M)
