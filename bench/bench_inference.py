@@ -1,7 +1,7 @@
 """Inference speed of packed 1-bit matmuls vs dense F.linear on CPU, plus deployable sizes (issue #7 bench).
 
-Usage: python bench/bench_inference.py [--json PATH] [--reps 200] [--threads N]
-       python bench/bench_inference.py --e2e DATA FP_CKPT PACKED_CKPT [--gen-args "..."]
+Usage: python -m bench.bench_inference [--json PATH] [--reps 200] [--threads N]
+       python -m bench.bench_inference --e2e DATA FP_CKPT PACKED_CKPT [--gen-args "..."]
 
 GEMM rows: y = x Wᵀ for W of shape out×in at batch 1, 8 and 64, timed as the median of ``--reps`` calls after a
 warmup, with all variants interleaved within every repetition so that load from other processes on a shared
@@ -30,11 +30,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cress_bitnet.kernels import kernel_isa, signed_matmul  # noqa: E402
-from cress_bitnet.quantization import SVCDLinear, pack_signs  # noqa: E402
-from cress_bitnet.quantization.packed import PackedSVCDLinear, buffer_nbytes, build_packed_like  # noqa: E402
+from cress_bitnet.kernels import kernel_isa, signed_matmul
+from cress_bitnet.quantization import SVCDLinear, pack_signs
+from cress_bitnet.quantization.packed import PackedSVCDLinear, buffer_nbytes, build_packed_like
 
 SHAPES = [(512, 512), (768, 768), (768, 3072), (3072, 768)]  # out x in
 BATCHES = [1, 8, 64]

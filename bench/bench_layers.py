@@ -1,6 +1,6 @@
 """Forward+backward time of every quantized linear relative to nn.Linear (issue #3 bench).
 
-Usage: python bench/bench_layers.py [--tokens 4096] [--reps 5] [--json PATH]
+Usage: python -m bench.bench_layers [--tokens 4096] [--reps 5] [--json PATH]
 Runs fp32 on CPU; on CUDA (when available) also fp16 and bf16. TSVD is timed with its cached
 decomposition (the weight does not change between iterations); its re-decomposition cost after an
 optimizer step is reported separately.
@@ -11,16 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cress_bitnet.quantization import QUANTIZERS  # noqa: E402
+from cress_bitnet.quantization import QUANTIZERS
 
 SHAPES = [(768, 768), (768, 3072)]
 

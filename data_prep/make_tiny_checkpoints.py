@@ -7,7 +7,9 @@ real files are 360 MB+ and cannot be downloaded here. Everything is seeded, so t
     python -m data_prep.make_tiny_checkpoints --out tiny_ckpts [--seed 1] [--dim 32 --layers 2 ...]
 
 Files: ``hubert_tiny_ls960.pt`` (legacy layout), ``hubert_tiny_cfg.pt`` (current trainer layout, same weights),
-``deltalm_tiny.pt`` and its ``deltalm_tiny.json`` sidecar (dims, for tests only).
+``deltalm_tiny.pt`` and its ``deltalm_tiny.json`` sidecar (dims, for tests only). With ``--deltalm-spm-text FILE``
+also DeltaLM's vocabulary files, ``spm.model`` and ``dict.txt``, trained on FILE (the tiny DeltaLM then has
+``len(dict.txt)`` rows), so the recipes' DeltaLM mode can run end to end on the toy corpus.
 """
 
 from __future__ import annotations
@@ -17,16 +19,12 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
-
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 HUBERT_DEFAULTS: dict[str, Any] = {
     "dim": 32,
@@ -391,6 +389,35 @@ def make_deltalm(
     return info
 
 
+def make_deltalm_vocab(out_dir: str | os.PathLike, text: str | os.PathLike, *, vocab_size: int = 160) -> int:
+    """Write ``spm.model`` + ``dict.txt`` laid out as DeltaLM's (XLM-R's) release; returns the dictionary's length.
+
+    As in the real files (checkpoints research notes, DeltaLM issue #881): the SentencePiece model has XLM-R's special
+    ids (``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, no pad), and ``dict.txt`` lists ``piece count`` lines by descending count
+    without the specials, so its ids differ from the model's: only the piece strings connect the two. Pieces the
+    training text never uses still get a line (count 0), as a real 250k dictionary covers far more than one corpus.
+    """
+    import sentencepiece as spm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(out / "spm"), vocab_size=vocab_size, model_type="unigram",
+        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+    )  # fmt: skip
+    (out / "spm.vocab").unlink()  # DeltaLM ships only the model
+    sp = spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
+    counts = dict.fromkeys((sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_control(i)
+                            and not sp.is_unknown(i)), 0)  # fmt: skip
+    for line in Path(text).read_text(encoding="utf-8").splitlines():
+        for piece in sp.encode(line, out_type=str):
+            if piece in counts:
+                counts[piece] += 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    (out / "dict.txt").write_text("".join(f"{piece} {n}\n" for piece, n in ranked), encoding="utf-8")
+    return len(ranked) + 4  # fairseq's Dictionary adds <s> <pad> </s> <unk>
+
+
 def verify_with_fairseq(path: str | os.PathLike) -> int:
     """Load ``path`` with fairseq's own ``load_model_ensemble_and_task`` (weights_only default + the plugin allowlist),
     with the data dir absent, and return the number of label classes; proves the file is in fairseq's real format."""
@@ -436,8 +463,18 @@ def main(argv: list[str] | None = None) -> None:
                    help="dictionary size the rows cover (default: len(--deltalm-vocab-from) or 120)")
     d.add_argument("--deltalm-vocab-from", default=None, help="fairseq dict.txt whose length sets the vocab size")
     d.add_argument("--deltalm-extra-rows", type=int, default=13, help="embedding rows beyond the vocab (sliced off)")
+    d.add_argument("--deltalm-spm-text", default=None,
+                   help="also write DeltaLM's spm.model + dict.txt, trained on this text, and size the vocab by them")
+    d.add_argument("--deltalm-spm-vocab", type=int, default=160, help="pieces of that SentencePiece model")
     a = p.parse_args(argv)
 
+    out = Path(a.out)
+    if a.deltalm_spm_text:
+        if a.deltalm_vocab_from:
+            p.error("--deltalm-spm-text writes the dictionary; it cannot be combined with --deltalm-vocab-from")
+        make_deltalm_vocab(out, a.deltalm_spm_text, vocab_size=a.deltalm_spm_vocab)
+        a.deltalm_vocab_from = str(out / "dict.txt")
+        print(f"{out / 'spm.model'}, {out / 'dict.txt'}: DeltaLM-layout vocabulary trained on {a.deltalm_spm_text}")
     vocab = a.deltalm_vocab_size
     if a.deltalm_vocab_from:
         from fairseq.data.dictionary import Dictionary
@@ -449,7 +486,6 @@ def main(argv: list[str] | None = None) -> None:
     if vocab is None:
         vocab = 120
 
-    out = Path(a.out)
     dims = dict(dim=a.dim, layers=a.layers, ffn=a.ffn, heads=a.heads, conv_dim=a.conv_dim, conv_pos=a.conv_pos,
                 conv_pos_groups=a.conv_pos_groups, final_dim=a.final_dim, num_units=a.num_units,
                 frontend=a.frontend, frame_pool=a.frame_pool)

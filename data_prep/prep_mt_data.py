@@ -14,7 +14,7 @@ CRESS calls the dev set ``valid``; see ``--splits``.
 Reruns skip a finished binarization unless ``--overwrite``.
 
 Example:
-``python data_prep/prep_mt_data.py --data-dir data/toy_mustc/en-de --tgt-lang de --out data/toy_mustc/en-de/binary``
+``python -m data_prep.prep_mt_data --data-dir data/toy_mustc/en-de --tgt-lang de --out data/toy_mustc/en-de/binary``
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cress_bitnet.data.manifest import ManifestError, read_manifest  # noqa: E402
+from cress_bitnet.data.manifest import ManifestError, read_manifest
 
 logger = logging.getLogger("prep_mt_data")
 

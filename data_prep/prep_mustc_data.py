@@ -17,10 +17,15 @@ Outputs in ``--out-dir``:
   requested size; on a small corpus the real size is smaller (logged).
 * ``config.yaml`` (or ``--config-name``): the data config the task reads.
 
+``--spm-model PATH --vocab PATH`` use an existing SentencePiece model and fairseq dictionary instead of training one
+(e.g. DeltaLM's ``spm.model`` + ``dict.txt``, whose embeddings only fit that vocabulary): the config points at them
+(absolute paths) and prep checks that every piece the manifests' texts encode to is in the dictionary, since fairseq
+would silently map a missing piece to ``<unk>``.
+
 Validation (errors name the file and line): yaml/text line counts, empty texts, missing wavs, segments past the end
 of their wav, malformed yaml items. Reruns skip finished manifests and the spm model unless ``--overwrite``.
 
-Example: ``python data_prep/prep_mustc_data.py --data-root data/toy_mustc --tgt-lang de --out-dir data/toy_mustc/en-de``
+Example: ``python -m data_prep.prep_mustc_data --data-root data/toy_mustc --tgt-lang de --out-dir data/toy_mustc/en-de``
 """
 
 from __future__ import annotations
@@ -37,10 +42,9 @@ import soundfile as sf
 import yaml
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cress_bitnet.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio  # noqa: E402
-from cress_bitnet.data.manifest import ManifestError, ManifestRow, read_manifest, write_manifest  # noqa: E402
-from cress_bitnet.fileio import atomic_output  # noqa: E402
+from cress_bitnet.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio
+from cress_bitnet.data.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
+from cress_bitnet.fileio import atomic_output
 
 MUSTC_LANGS = ("de", "es", "fr", "it", "nl", "pt", "ro", "ru")
 SPM_SPECIALS = {"bos_id": 0, "pad_id": 1, "eos_id": 2, "unk_id": 3}
@@ -238,11 +242,65 @@ def train_spm(texts: list[str], prefix: Path, vocab_size: int, threads: int) -> 
     return real
 
 
-def write_config(path: Path, spm_prefix: Path, audio_root: str) -> None:
-    """The data config read by the task (keys as fairseq's S2TDataConfig); file names relative to its folder."""
+def read_dictionary_symbols(path: Path) -> set[str]:
+    """The symbols of a fairseq dictionary file (``symbol count [#fairseq:overwrite]`` per line)."""
+    symbols: set[str] = set()
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.rstrip("\n").rsplit(" ", 2 if line.rstrip().endswith("#fairseq:overwrite") else 1)
+            if len(fields) < 2 or not fields[0] or not fields[1].lstrip("-").isdigit():
+                raise PrepError(f"{path}:{n}: not a fairseq dictionary line ('<symbol> <count>'): {line.rstrip()!r}")
+            symbols.add(fields[0])
+    if not symbols:
+        raise PrepError(f"{path}: empty dictionary")
+    return symbols
+
+
+def check_vocab(spm_model: Path, vocab: Path, manifests: list[Path]) -> int:
+    """Check that ``vocab`` holds every piece ``spm_model`` cuts the manifests' texts into; returns the piece count.
+
+    Characters the SentencePiece model cannot represent become its unknown piece whatever the dictionary holds, so
+    they are only counted in the log.
+    """
+    import sentencepiece as spm
+
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    except (OSError, RuntimeError) as e:
+        raise PrepError(f"{spm_model}: not a SentencePiece model ({e})") from e
+    symbols = read_dictionary_symbols(vocab)
+    missing: dict[str, str] = {}  # piece -> first place it is used
+    used: set[str] = set()
+    unknown = 0
+    for tsv in manifests:
+        for row in read_manifest(tsv):
+            for field, text in (("src_text", row.src_text), ("tgt_text", row.tgt_text)):
+                for piece_id, piece in zip(sp.encode(text), sp.encode(text, out_type=str)):
+                    if piece_id == sp.unk_id():
+                        unknown += 1
+                        continue
+                    used.add(piece)
+                    if piece not in symbols and piece not in missing:
+                        missing[piece] = f"{tsv}:{row.line} {field}"
+    if missing:
+        examples = ", ".join(f"{p!r} ({where})" for p, where in list(missing.items())[:5])
+        raise PrepError(f"{vocab}: {len(missing)} SentencePiece piece(s) of {spm_model} used by the data are not in "
+                        f"the dictionary, e.g. {examples}; --spm-model and --vocab must come from the same release")
+    if unknown:
+        logger.info("note: %d character run(s) are outside %s and encode to its unknown piece", unknown, spm_model)
+    return len(used)
+
+
+def write_config(path: Path, spm_model: Path, vocab: Path, audio_root: str) -> None:
+    """The data config read by the task (keys as fairseq's S2TDataConfig); files in its folder by name, others by
+    absolute path."""
+
+    def name(file: Path) -> str:
+        return file.name if file.parent.resolve() == path.parent.resolve() else str(file.resolve())
+
     cfg = {
-        "vocab_filename": spm_prefix.name + ".txt",
-        "bpe_tokenizer": {"bpe": "sentencepiece", "sentencepiece_model": spm_prefix.name + ".model"},
+        "vocab_filename": name(vocab),
+        "bpe_tokenizer": {"bpe": "sentencepiece", "sentencepiece_model": name(spm_model)},
         "use_audio_input": True,
         "input_channels": 1,
         "standardize_audio": False,
@@ -251,11 +309,28 @@ def write_config(path: Path, spm_prefix: Path, audio_root: str) -> None:
         "prepend_tgt_lang_tag": False,
     }
     header = (
-        "# Written by data_prep/prep_mustc_data.py. Paths are relative to this file's folder.\n"
+        "# Written by python -m data_prep.prep_mustc_data. Relative paths resolve against this file's folder.\n"
         "# audio_root '' means the manifests hold absolute audio paths (wav:offset:n_frames in samples).\n"
         "# standardize_audio false: HuBERT Base was pre-trained on raw, unnormalised waveforms.\n"
     )
     path.write_text(header + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def ensure_spm(out: Path, vocab_size: int, threads: int, overwrite: bool) -> tuple[Path, Path]:
+    """Train the joint SentencePiece model on ``out/train.tsv`` unless present; returns (model, dictionary)."""
+    spm_prefix = out / f"spm_unigram{vocab_size}"
+    model, vocab = Path(str(spm_prefix) + ".model"), Path(str(spm_prefix) + ".txt")
+    if all(Path(str(spm_prefix) + ext).exists() for ext in (".model", ".vocab", ".txt")) and not overwrite:
+        logger.info("%s exists, skipping spm training", model)
+        return model, vocab
+    train_tsv = out / "train.tsv"
+    if not train_tsv.exists():
+        raise PrepError(f"{train_tsv}: needed to train SentencePiece; include 'train' in --splits")
+    train_rows = read_manifest(train_tsv)
+    texts = [r.src_text for r in train_rows] + [r.tgt_text for r in train_rows]
+    real = train_spm(texts, spm_prefix, vocab_size, threads)
+    logger.info("wrote %s.{model,vocab,txt} (%d pieces)", spm_prefix, real)
+    return model, vocab
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,9 +345,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config-name", default="config.yaml")
     ap.add_argument("--audio-root", default="", help="write audio paths relative to this dir (default: absolute)")
     ap.add_argument("--spm-threads", type=int, default=1)
+    ap.add_argument("--spm-model", type=Path, help="use this SentencePiece model (e.g. DeltaLM's spm.model) instead of "
+                    "training one; needs --vocab")
+    ap.add_argument("--vocab", type=Path, help="fairseq dictionary of --spm-model (e.g. DeltaLM's dict.txt)")
     ap.add_argument("--overwrite", action="store_true", help="redo manifests and the spm model even if present")
     args = ap.parse_args(argv)
+    if (args.spm_model is None) != (args.vocab is None):
+        ap.error("--spm-model and --vocab go together (an existing SentencePiece model and its dictionary)")
     logging.basicConfig(level=logging.INFO, format="[prep_mustc_data] %(message)s", force=True)
+    for path, flag in ((args.spm_model, "--spm-model"), (args.vocab, "--vocab")):
+        if path is not None and not path.is_file():
+            raise PrepError(f"{path}: file not found ({flag})")
 
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -293,18 +376,13 @@ def main(argv: list[str] | None = None) -> int:
         write_manifest(tsv, rows)
         logger.info("wrote %s (%d rows)", tsv, len(rows))
 
-    spm_prefix = out / f"spm_unigram{args.vocab_size}"
-    if all(Path(str(spm_prefix) + ext).exists() for ext in (".model", ".vocab", ".txt")) and not args.overwrite:
-        logger.info("%s.model exists, skipping spm training", spm_prefix)
+    if args.spm_model is not None:
+        spm_model, vocab = args.spm_model.resolve(), args.vocab.resolve()
+        used = check_vocab(spm_model, vocab, [out / f"{split}.tsv" for split in splits])
+        logger.info("%s: the data uses %d pieces, all in %s", spm_model, used, vocab)
     else:
-        train_tsv = out / "train.tsv"
-        if not train_tsv.exists():
-            raise PrepError(f"{train_tsv}: needed to train SentencePiece; include 'train' in --splits")
-        train_rows = read_manifest(train_tsv)
-        texts = [r.src_text for r in train_rows] + [r.tgt_text for r in train_rows]
-        real = train_spm(texts, spm_prefix, args.vocab_size, args.spm_threads)
-        logger.info("wrote %s.{model,vocab,txt} (%d pieces)", spm_prefix, real)
-    write_config(out / args.config_name, spm_prefix, audio_root)
+        spm_model, vocab = ensure_spm(out, args.vocab_size, args.spm_threads, args.overwrite)
+    write_config(out / args.config_name, spm_model, vocab, audio_root)
     logger.info("wrote %s", out / args.config_name)
     return 0
 

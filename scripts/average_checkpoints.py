@@ -10,7 +10,10 @@ Which files: ``checkpoint{EPOCH}.pt`` (``--kind epoch``), ``checkpoint_{EPOCH}_{
 ``auto``: epoch checkpoints if there are any, else update checkpoints, else ``checkpoint_last.pt`` alone. When fewer
 than N files exist, all of them are averaged and a warning says so.
 
-Example: ``python scripts/average_checkpoints.py --inputs checkpoints/en-de.st --num 10 --output avg_last_10.pt``
+fairseq's spelling works too (CRESS's ``avg_epoch.sh``): ``--num-epoch-checkpoints N`` is ``--num N --kind epoch`` and
+``--num-update-checkpoints N`` is ``--num N --kind update``.
+
+Example: ``python -m scripts.average_checkpoints --inputs checkpoints/en-de.st --num 10 --output avg_last_10.pt``
 """
 
 from __future__ import annotations
@@ -22,9 +25,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's cress_bitnet, not an installed copy
-import cress_bitnet  # noqa: E402, F401  (registers the weights_only allowlist)
-from cress_bitnet.fileio import atomic_output  # noqa: E402
+import cress_bitnet  # noqa: F401  (registers the weights_only allowlist)
+from cress_bitnet.fileio import atomic_output
 
 EPOCH = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
@@ -77,12 +79,24 @@ def save_atomic(state: dict, output: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", required=True, type=Path, help="checkpoint folder (a fairseq --save-dir)")
-    ap.add_argument("--num", type=int, default=10, help="average the newest N checkpoints")
+    count = ap.add_mutually_exclusive_group()
+    count.add_argument("--num", type=int, default=10, help="average the newest N checkpoints of --kind")
+    count.add_argument("--num-epoch-checkpoints", type=int, metavar="N",
+                       help="fairseq's spelling of --num N --kind epoch")
+    count.add_argument("--num-update-checkpoints", type=int, metavar="N",
+                       help="fairseq's spelling of --num N --kind update")
     ap.add_argument("--kind", choices=["auto", "epoch", "update"], default="auto")
     ap.add_argument("--output", required=True, type=Path)
     args = ap.parse_args(argv)
+    num_flag = "--num"
+    for flag, kind in (("--num-epoch-checkpoints", "epoch"), ("--num-update-checkpoints", "update")):
+        n = getattr(args, flag[2:].replace("-", "_"))
+        if n is not None:
+            if args.kind not in ("auto", kind):
+                ap.error(f"{flag} averages {kind} checkpoints; it contradicts --kind {args.kind}")
+            args.num, args.kind, num_flag = n, kind, flag
     if args.num < 1:
-        ap.error("--num must be >= 1")
+        ap.error(f"{num_flag} must be >= 1")
     try:
         paths = find_checkpoints(args.inputs, args.num, args.kind)
         if len(paths) < args.num:

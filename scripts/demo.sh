@@ -4,46 +4,51 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage() {
-    cat <<EOF
-Usage: [VAR=value ...] scripts/demo.sh [--fresh]
-
-Runs every stage with the recipes in scripts/ and writes, under \$OUT:
+RECIPE_USAGE="[VAR=value ...] scripts/demo.sh [--fresh]"
+RECIPE_ABOUT="Runs every stage with the recipes in scripts/ and writes, under \$OUT:
   results.md, results.json   BLEU, quantized modules, decoder linear size and training time of fp, svcd_cross_attn,
                              svcd_decoder
   curves.png                 train/valid loss of every training run (from their tensorboard logs)
   logs/<stage>.log           the full output of each stage;  stamps/<stage>.done  finished stages
-A rerun skips finished stages; --fresh redoes them all. Changing a size setting below also redoes everything.
-On a 2-core CPU the default takes about 13 minutes (FP ~69 BLEU, SVCD within 3 %).
-
-Environment (default):
-  OUT                  output folder (\$REPO/demo_out)
-  DEMO_TRAIN/DEV/TEST  corpus size in segments (3000 / 200 / 200)
-  DEMO_VOCAB           SentencePiece vocabulary size (1000; the toy corpus caps it near 420)
-  DEMO_DIM, DEMO_FFN, DEMO_LAYERS, DEMO_HEADS   text encoder/decoder size (128 / 256 / 3 / 4)
-  DEMO_HUBERT_DIM, DEMO_HUBERT_FFN, DEMO_HUBERT_LAYERS, DEMO_HUBERT_HEADS, DEMO_HUBERT_CONV
-                       tiny HuBERT (96 / 192 / 2 / 4 / 40 mel bands, or conv channels with the random front end)
-  DEMO_HUBERT_FRONTEND filterbank (conv front end initialised as a mel band spectrogram, transformer random) or
-                       random (Base's 7-layer conv stack, all random: learns acoustics from scratch, far slower)
-  DEMO_HUBERT_POOL     filterbank: 10 ms frames per HuBERT frame (4: 25 Hz; 2: 50 Hz as HuBERT Base)
-  DEMO_SUBSAMPLER      conv subsampler kernels after HuBERT, one stride-2 layer each (5: 25 Hz -> 12.5 Hz)
-  DEMO_FREEZE_HUBERT   1 = keep the tiny HuBERT fixed during ST training (0)
-  DEMO_MT_UPDATES      MT pretraining updates (150)       DEMO_MT_LR   3e-3
-  DEMO_ST_UPDATES      FP ST training updates (1600)       DEMO_ST_LR   2e-3 (4e-3 sometimes never leaves the LM plateau)
-  DEMO_CTC             weight of the auxiliary CTC loss on the speech encoder in FP training (0.3; 0 = off)
-  DEMO_SVCD_UPDATES    updates of the SVCD cross_attn fine-tuning (100)         DEMO_SVCD_LR 5e-4
-  DEMO_SVCD_DECODER_UPDATES  updates of the SVCD decoder fine-tuning (200: 30 swapped layers need longer)
-  DEMO_SVCD_INIT       SVCD g/h init (signvalue; constraint reproduces the paper's, see README)
-  DEMO_DROPOUT         dropout of the text encoder/decoder in MT and FP training (0)
-  DEMO_AVG             checkpoints averaged for the SVCD start point and for decoding (1: the last one)
-  DEMO_BATCH           ST batch size in utterances (16)
-  DEMO_BEAM            beam size for the test set (lang_table: 8 for de)
-  DEMO_SEED            corpus and training seed (1)
-  OMP_NUM_THREADS      torch CPU threads per process (1: on a shared 2-core machine two OpenMP threads are
-                       several times slower than one as soon as another process competes for the cores)
-  PYTHON               interpreter with fairseq + cress_bitnet (\$REPO/.venv/bin/python)
-EOF
-}
+A rerun skips finished stages; --fresh redoes them all. Changing any DEMO_* setting redoes everything.
+On a 2-core CPU the default takes about 13 minutes (FP ~69 BLEU, SVCD within 3 %)."
+var OUT '$REPO/demo_out' "output folder"
+var DEMO_TRAIN 3000 "train segments of the synthetic corpus"
+var DEMO_DEV 200 "dev segments"
+var DEMO_TEST 200 "tst-COMMON segments"
+var DEMO_VOCAB 1000 "SentencePiece vocabulary size (the toy corpus caps it near 420)"
+var DEMO_DIM 128 "text encoder/decoder embedding size"
+var DEMO_FFN 256 "text encoder/decoder FFN size"
+var DEMO_LAYERS 3 "text encoder/decoder layers"
+var DEMO_HEADS 4 "text encoder/decoder attention heads"
+var DEMO_HUBERT_DIM 96 "tiny HuBERT embedding size"
+var DEMO_HUBERT_FFN 192 "tiny HuBERT FFN size"
+var DEMO_HUBERT_LAYERS 2 "tiny HuBERT layers"
+var DEMO_HUBERT_HEADS 4 "tiny HuBERT attention heads"
+var DEMO_HUBERT_CONV 40 "tiny HuBERT mel bands (filterbank) or conv channels (random front end)"
+var DEMO_HUBERT_FRONTEND filterbank "filterbank (conv front end initialised as a mel band spectrogram,
+    transformer random) or random (Base's 7-layer conv stack, all random: learns acoustics from scratch, far slower)"
+var DEMO_HUBERT_POOL 4 "filterbank: 10 ms frames per HuBERT frame (4: 25 Hz; 2: 50 Hz as HuBERT Base)"
+var DEMO_SUBSAMPLER 5 "conv subsampler kernels after HuBERT, one stride-2 layer each (5: 25 Hz -> 12.5 Hz)"
+var DEMO_FREEZE_HUBERT 0 "1 = keep the tiny HuBERT fixed during ST training"
+var DEMO_MT_UPDATES 150 "MT pretraining updates"
+var DEMO_MT_LR 3e-3 "MT pretraining learning rate"
+var DEMO_ST_UPDATES 1600 "FP ST training updates"
+var DEMO_ST_LR 2e-3 "FP ST learning rate (4e-3 sometimes never leaves the LM plateau)"
+var DEMO_CTC 0.3 "weight of the auxiliary CTC loss on the speech encoder in FP training (0 = off)"
+var DEMO_SVCD_UPDATES 100 "updates of the SVCD cross_attn fine-tuning"
+var DEMO_SVCD_DECODER_UPDATES 200 "updates of the SVCD decoder fine-tuning (30 swapped layers need longer)"
+var DEMO_SVCD_LR 5e-4 "SVCD learning rate"
+var DEMO_SVCD_INIT signvalue "SVCD g/h init (constraint reproduces the paper's, see README)"
+var DEMO_DROPOUT 0 "dropout of the text encoder/decoder in MT and FP training"
+var DEMO_AVG 1 "checkpoints averaged for the SVCD start point and for decoding (1: the last one)"
+var DEMO_BATCH 16 "ST batch size in utterances"
+vars_lang_table
+var DEMO_BEAM '$(lang_table_value 2)' "beam size for the test set (LANG_TABLE's beam for de)"
+var DEMO_SEED 1 "corpus and training seed"
+var OMP_NUM_THREADS 1 "torch CPU threads per process (on a shared 2-core machine two OpenMP threads are
+    several times slower than one as soon as another process competes for the cores)"
+vars_python
 
 FRESH=0
 for arg in "$@"; do
@@ -56,44 +61,13 @@ for arg in "$@"; do
         *) die "unknown argument '$arg' (see --help)" ;;
     esac
 done
-check_python
 
 export TGT=de
-OUT="${OUT:-$REPO/demo_out}"
+apply_defaults
+check_python
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-DEMO_TRAIN="${DEMO_TRAIN:-3000}"
-DEMO_DEV="${DEMO_DEV:-200}"
-DEMO_TEST="${DEMO_TEST:-200}"
-DEMO_VOCAB="${DEMO_VOCAB:-1000}"
-DEMO_DIM="${DEMO_DIM:-128}"
-DEMO_FFN="${DEMO_FFN:-256}"
-DEMO_LAYERS="${DEMO_LAYERS:-3}"
-DEMO_HEADS="${DEMO_HEADS:-4}"
-DEMO_HUBERT_DIM="${DEMO_HUBERT_DIM:-96}"
-DEMO_HUBERT_FFN="${DEMO_HUBERT_FFN:-192}"
-DEMO_HUBERT_LAYERS="${DEMO_HUBERT_LAYERS:-2}"
-DEMO_HUBERT_HEADS="${DEMO_HUBERT_HEADS:-4}"
-DEMO_HUBERT_CONV="${DEMO_HUBERT_CONV:-40}"
-DEMO_HUBERT_FRONTEND="${DEMO_HUBERT_FRONTEND:-filterbank}"
-DEMO_HUBERT_POOL="${DEMO_HUBERT_POOL:-4}"
-DEMO_SUBSAMPLER="${DEMO_SUBSAMPLER:-5}"
-DEMO_FREEZE_HUBERT="${DEMO_FREEZE_HUBERT:-0}"
-DEMO_MT_UPDATES="${DEMO_MT_UPDATES:-150}"
-DEMO_MT_LR="${DEMO_MT_LR:-3e-3}"
-DEMO_ST_UPDATES="${DEMO_ST_UPDATES:-1600}"
-DEMO_CTC="${DEMO_CTC:-0.3}"
-DEMO_ST_LR="${DEMO_ST_LR:-2e-3}"
-DEMO_SVCD_UPDATES="${DEMO_SVCD_UPDATES:-100}"
-DEMO_SVCD_LR="${DEMO_SVCD_LR:-5e-4}"
-DEMO_SVCD_DECODER_UPDATES="${DEMO_SVCD_DECODER_UPDATES:-200}"
-DEMO_SVCD_INIT="${DEMO_SVCD_INIT:-signvalue}"
-DEMO_DROPOUT="${DEMO_DROPOUT:-0}"
-DEMO_AVG="${DEMO_AVG:-1}"
-DEMO_BATCH="${DEMO_BATCH:-16}"
-DEMO_SEED="${DEMO_SEED:-1}"
-DEMO_BEAM="${DEMO_BEAM:-$(lang_table_value 2)}"
+export OMP_NUM_THREADS
 
 LOGS="$OUT/logs"
 STAMPS="$OUT/stamps"
@@ -108,13 +82,11 @@ export MT_CKPT="$RUNS/mt/checkpoint_avg.pt"
 FP_CKPT_PATH="$RUNS/fp/checkpoint_avg.pt"
 mkdir -p "$LOGS" "$STAMPS"
 
-# Everything that changes what a stage produces; a different value redoes all stages.
-SETTINGS="train=$DEMO_TRAIN dev=$DEMO_DEV test=$DEMO_TEST vocab=$DEMO_VOCAB dim=$DEMO_DIM ffn=$DEMO_FFN"
-SETTINGS+=" layers=$DEMO_LAYERS heads=$DEMO_HEADS hubert=$DEMO_HUBERT_DIM/$DEMO_HUBERT_FFN/$DEMO_HUBERT_LAYERS"
-SETTINGS+="/$DEMO_HUBERT_HEADS/$DEMO_HUBERT_CONV/$DEMO_HUBERT_FRONTEND/$DEMO_HUBERT_POOL"
-SETTINGS+=" subsampler=$DEMO_SUBSAMPLER freeze=$DEMO_FREEZE_HUBERT mt=$DEMO_MT_UPDATES@$DEMO_MT_LR"
-SETTINGS+=" st=$DEMO_ST_UPDATES@$DEMO_ST_LR/ctc$DEMO_CTC svcd=$DEMO_SVCD_UPDATES+$DEMO_SVCD_DECODER_UPDATES@$DEMO_SVCD_LR/$DEMO_SVCD_INIT batch=$DEMO_BATCH"
-SETTINGS+=" beam=$DEMO_BEAM seed=$DEMO_SEED dropout=$DEMO_DROPOUT avg=$DEMO_AVG"
+# Everything that changes what a stage produces: every DEMO_* setting; a different value redoes all stages.
+SETTINGS=""
+for name in "${VARS[@]}"; do
+    if [[ "$name" == DEMO_* ]]; then SETTINGS+="${SETTINGS:+ }$name=${!name}"; fi
+done
 if [[ -f "$OUT/settings.txt" && "$(cat "$OUT/settings.txt")" != "$SETTINGS" && "$FRESH" == 0 ]]; then
     echo "note: the demo settings differ from the previous run in $OUT; redoing every stage"
     FRESH=1
@@ -196,7 +168,7 @@ stage_seconds() {
 # ---------------------------------------------------------------------------------------------------------------
 do_corpus() {
     rm -rf "$MUSTC" "$DATA_ROOT"
-    run_logged "$PYTHON" "$REPO/data_prep/make_toy_mustc.py" --out "$MUSTC" --tgt-langs "$TGT" --seed "$DEMO_SEED" \
+    run_logged "$PYTHON" -m data_prep.make_toy_mustc --out "$MUSTC" --tgt-langs "$TGT" --seed "$DEMO_SEED" \
         --train "$DEMO_TRAIN" --dev "$DEMO_DEV" --test "$DEMO_TEST"
     MUSTC_ROOT="$MUSTC" VOCAB_SIZE="$DEMO_VOCAB" "$REPO/scripts/prep_mustc.sh"
 }
@@ -205,7 +177,7 @@ do_hubert() {
     local pool=2 # the random front end keeps Base's fixed 50 Hz layout
     if [[ "$DEMO_HUBERT_FRONTEND" == filterbank ]]; then pool="$DEMO_HUBERT_POOL"; fi
     rm -rf "$HUBERT_DIR"
-    run_logged "$PYTHON" "$REPO/data_prep/make_tiny_checkpoints.py" --out "$HUBERT_DIR" --seed "$DEMO_SEED" \
+    run_logged "$PYTHON" -m data_prep.make_tiny_checkpoints --out "$HUBERT_DIR" --seed "$DEMO_SEED" \
         --dim "$DEMO_HUBERT_DIM" --ffn "$DEMO_HUBERT_FFN" --layers "$DEMO_HUBERT_LAYERS" \
         --heads "$DEMO_HUBERT_HEADS" --conv-dim "$DEMO_HUBERT_CONV" --frontend "$DEMO_HUBERT_FRONTEND" \
         --frame-pool "$pool"
@@ -229,7 +201,7 @@ do_fp() {
     SAVE_DIR="$RUNS/fp" LR="$DEMO_ST_LR" WARMUP=$((DEMO_ST_UPDATES / 13 + 1)) MAX_UPDATE="$DEMO_ST_UPDATES" \
         BATCH_SIZE="$DEMO_BATCH" MAX_TOKENS=2000000 EVAL_BLEU=0 FREEZE_HUBERT="$DEMO_FREEZE_HUBERT" DROPOUT="$DEMO_DROPOUT" \
         "$REPO/scripts/train_st_baseline.sh" "${MODEL_ARGS[@]}" "${HUBERT_TRAIN_ARGS[@]}" --ctc-weight "$DEMO_CTC"
-    run_logged "$PYTHON" "$REPO/scripts/average_checkpoints.py" --inputs "$RUNS/fp" --num "$DEMO_AVG" \
+    run_logged "$PYTHON" -m scripts.average_checkpoints --inputs "$RUNS/fp" --num "$DEMO_AVG" \
         --output "$FP_CKPT_PATH"
 }
 
@@ -270,12 +242,12 @@ do_results() {
         secs="$(stage_seconds "$run")"
         args+=(--system "$run" "$RUNS/$run/checkpoint_avg_last$DEMO_AVG.pt" "$RUNS/$run/bleu.tst-COMMON.txt" "$secs")
     done
-    run_logged "$PYTHON" "$REPO/scripts/demo_results.py" --data "$DATA" --total-seconds "$(total_seconds)" \
+    run_logged "$PYTHON" -m scripts.demo_results --data "$DATA" --total-seconds "$(total_seconds)" \
         --out-dir "$OUT" "${args[@]}"
 }
 
 do_curves() {
-    run_logged "$PYTHON" "$REPO/scripts/plot_curves.py" --out "$OUT/curves.png" \
+    run_logged "$PYTHON" -m scripts.plot_curves --out "$OUT/curves.png" \
         --title "demo en-de: loss per run (tensorboard logs)" --run "mt=$RUNS/mt/tensorboard" \
         --run "fp=$RUNS/fp/tensorboard" --run "svcd_cross_attn=$RUNS/svcd_cross_attn/tensorboard" \
         --run "svcd_decoder=$RUNS/svcd_decoder/tensorboard"

@@ -6,7 +6,7 @@ needed), its quantized modules are the ones that are ``cress_bitnet.quantization
 packed size, every other decoder linear at fp16, the output projection excluded). Writes ``results.json`` and
 ``results.md`` and prints the table.
 
-Example: ``python scripts/demo_results.py --data OUT/data/en-de --system fp ckpt.pt bleu.txt 120 --out-dir OUT``
+Example: ``python -m scripts.demo_results --data OUT/data/en-de --system fp ckpt.pt bleu.txt 120 --out-dir OUT``
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from argparse import Namespace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the checkout's cress_bitnet, not an installed copy
 
 
 def inspect_checkpoint(ckpt: Path, data: Path) -> tuple[list[str], int]:

@@ -3,53 +3,38 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage() {
-    cat <<EOF
-Usage: TGT=de SAVE_DIR=checkpoints/en-de.st_baseline [VAR=value ...] scripts/generate.sh [extra fairseq-generate flags]
-
-Averages the last AVG_LAST checkpoints of SAVE_DIR (or uses CKPT), decodes SUBSET with the beam size and length
-penalty of TGT from configs/lang_table.tsv, and scores with sacreBLEU (case-sensitive, detokenized, 13a).
-Writes the BLEU score (one number) to \$RESULTS_DIR/bleu.\$SUBSET.txt and the full fairseq-generate output to
-\$RESULTS_DIR/generate.\$SUBSET.log. Extra arguments are passed to fairseq-generate last (they override the defaults).
-
-Environment (default):
-  TGT          target language: $LANGS (required)
-  DATA_ROOT    prepared data root (\$REPO/data)
-  DATA         prepared ST data of the pair (\$DATA_ROOT/en-\$TGT)
-  CKPT_ROOT    checkpoint root (\$REPO/checkpoints)
-  SAVE_DIR     checkpoint folder of the run (\$CKPT_ROOT/en-\$TGT.st_baseline)
-  CKPT         checkpoint to decode; set it to skip averaging (default: the average written below)
-  AVG_LAST     checkpoints averaged into \$SAVE_DIR/checkpoint_avg_last\$AVG_LAST.pt (10, CRESS); 0 = checkpoint_best.pt
-  SUBSET       tst-COMMON
-  BEAM         beam size (lang_table: column beam of TGT)
-  LENPEN       length penalty (lang_table: column lenpen of TGT)
-  LANG_TABLE   \$REPO/configs/lang_table.tsv
-  MAX_TOKENS   2000000 (audio samples per batch)
-  RESULTS_DIR  where bleu.\$SUBSET.txt and generate.\$SUBSET.log go (\$SAVE_DIR)
-  FP16         1 (use --fp16 when a GPU is present; ignored on CPU)
-  PYTHON       interpreter with fairseq + cress_bitnet (\$REPO/.venv/bin/python)
-EOF
-}
+RECIPE_USAGE="TGT=de SAVE_DIR=checkpoints/en-de.st_baseline [VAR=value ...] scripts/generate.sh [extra fairseq-generate flags]"
+RECIPE_ABOUT="Averages the last AVG_LAST checkpoints of SAVE_DIR (or uses CKPT), decodes SUBSET with the beam size and
+length penalty of TGT from LANG_TABLE, and scores with sacreBLEU (case-sensitive, detokenized, 13a). Writes the BLEU
+score (one number) to \$RESULTS_DIR/bleu.\$SUBSET.txt and the full fairseq-generate output to
+\$RESULTS_DIR/generate.\$SUBSET.log. The SentencePiece model and dictionary are the ones DATA's config.yaml names
+(DeltaLM's after a DeltaLM-mode prep). Extra arguments are passed to fairseq-generate last (they override the defaults)."
+vars_data
+vars_ckpt
+var SAVE_DIR '$ST_DIR' "checkpoint folder of the run"
+var CKPT "" "checkpoint to decode; set it to skip averaging (empty: the average written below)"
+var AVG_LAST 10 "checkpoints averaged into \$SAVE_DIR/checkpoint_avg_last\$AVG_LAST.pt (CRESS); 0 = checkpoint_best.pt"
+var SUBSET tst-COMMON "manifest to decode"
+vars_lang_table
+var BEAM '$(lang_table_value 2)' "beam size (LANG_TABLE's beam column for TGT)"
+var LENPEN '$(lang_table_value 3)' "length penalty (LANG_TABLE's lenpen column for TGT)"
+var MAX_TOKENS 2000000 "audio samples per batch"
+var RESULTS_DIR '$SAVE_DIR' "where bleu.\$SUBSET.txt and generate.\$SUBSET.log go"
+vars_fp16
+vars_python
 
 recipe_start "$@"
-SAVE_DIR="${SAVE_DIR:-$ST_DIR}"
-SUBSET="${SUBSET:-tst-COMMON}"
-AVG_LAST="${AVG_LAST:-10}"
-RESULTS_DIR="${RESULTS_DIR:-$SAVE_DIR}"
-BEAM="${BEAM:-$(lang_table_value 2)}"
-LENPEN="${LENPEN:-$(lang_table_value 3)}"
 require_dir "$DATA" "prepared data (DATA; run scripts/prep_mustc.sh)"
 require_file "$DATA/$SUBSET.tsv" "manifest of SUBSET=$SUBSET"
 [[ "$AVG_LAST" =~ ^[0-9]+$ ]] || die "AVG_LAST must be a number (got '$AVG_LAST')"
 
-if [[ -z "${CKPT:-}" ]]; then
+if [[ -z "$CKPT" ]]; then
     require_dir "$SAVE_DIR" "checkpoint folder (SAVE_DIR)"
     if [[ "$AVG_LAST" == 0 ]]; then
         CKPT="$SAVE_DIR/checkpoint_best.pt"
     else
         CKPT="$SAVE_DIR/checkpoint_avg_last$AVG_LAST.pt"
-        run_logged "$PYTHON" "$REPO/scripts/average_checkpoints.py" --inputs "$SAVE_DIR" --num "$AVG_LAST" \
-            --output "$CKPT"
+        run_logged "$PYTHON" -m scripts.average_checkpoints --inputs "$SAVE_DIR" --num "$AVG_LAST" --output "$CKPT"
     fi
 fi
 require_file "$CKPT" "checkpoint (CKPT)"
@@ -61,7 +46,7 @@ BLEU_FILE="$RESULTS_DIR/bleu.$SUBSET.txt"
 log "decoding $SUBSET with $CKPT (beam $BEAM, lenpen $LENPEN) -> $GEN_LOG"
 if ! run_logged "$PYTHON" -m fairseq_cli.generate "$DATA" \
     --user-dir "$USER_DIR" --task speech_and_text_translation --config-yaml config.yaml --tgt-lang "$TGT" \
-    --gen-subset "$SUBSET" --path "$CKPT" --max-tokens "${MAX_TOKENS:-2000000}" \
+    --gen-subset "$SUBSET" --path "$CKPT" --max-tokens "$MAX_TOKENS" \
     --beam "$BEAM" --lenpen "$LENPEN" --scoring sacrebleu \
     "${DEVICE_ARGS[@]}" "$@" >"$GEN_LOG" 2>&1; then
     tail -n 20 "$GEN_LOG" >&2

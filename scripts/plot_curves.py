@@ -5,7 +5,7 @@ updates), ``train`` (epoch averages) and one per validation subset (e.g. ``dev``
 scalar (base-2 label-smoothed loss, as fairseq logs it) of the training tag and of the validation tag of every run
 and draws two panels (train, valid), x = number of updates, one line per run.
 
-Example: ``python scripts/plot_curves.py --run fp=ckpt/st/tensorboard --run svcd=ckpt/svcd/tensorboard --out c.png``
+Example: ``python -m scripts.plot_curves --run fp=ckpt/st/tensorboard --run svcd=ckpt/svcd/tensorboard --out c.png``
 """
 
 from __future__ import annotations

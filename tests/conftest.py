@@ -86,12 +86,12 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> ToyData:
     mt_bin = st_dir / "binary"
     ckpt = root / "ckpt"
     py = sys.executable
-    run_tool([py, "data_prep/make_toy_mustc.py", "--out", str(mustc), "--tgt-langs", TGT, "--seed", "1",
+    run_tool([py, "-m", "data_prep.make_toy_mustc", "--out", str(mustc), "--tgt-langs", TGT, "--seed", "1",
               "--train", "24", "--dev", "6", "--test", "6"])
-    run_tool([py, "data_prep/prep_mustc_data.py", "--data-root", str(mustc), "--tgt-lang", TGT,
+    run_tool([py, "-m", "data_prep.prep_mustc_data", "--data-root", str(mustc), "--tgt-lang", TGT,
               "--out-dir", str(st_dir), "--vocab-size", "200"])
-    run_tool([py, "data_prep/prep_mt_data.py", "--data-dir", str(st_dir), "--tgt-lang", TGT, "--out", str(mt_bin)])
-    run_tool([py, "data_prep/make_tiny_checkpoints.py", "--out", str(ckpt)])
+    run_tool([py, "-m", "data_prep.prep_mt_data", "--data-dir", str(st_dir), "--tgt-lang", TGT, "--out", str(mt_bin)])
+    run_tool([py, "-m", "data_prep.make_tiny_checkpoints", "--out", str(ckpt)])
     mt_save = root / "mt"
     # A real trainer-format MT checkpoint, with numpy BLEU metrics in extra_state (--eval-bleu).
     fairseq("train", [

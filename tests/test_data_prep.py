@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -18,21 +16,14 @@ import yaml
 
 from cress_bitnet.data.audio import SAMPLE_RATE, AudioError, check_audio_refs, read_audio
 from cress_bitnet.data.manifest import read_manifest
+from data_prep import make_toy_mustc as toy
+from data_prep import prep_mt_data as prep_mt
+from data_prep import prep_mustc_data as prep
+from data_prep.make_tiny_checkpoints import make_deltalm_vocab
+from data_prep.toy_corpus import grammar, lexicon
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--train", "12", "--dev", "4", "--test", "4"]
-
-
-def _load(name: str) -> ModuleType:
-    """Import a data_prep script as ``data_prep.<name>`` (registered in sys.modules for pickling in workers)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    return importlib.import_module(f"data_prep.{name}")
-
-
-toy = _load("make_toy_mustc")
-prep = _load("prep_mustc_data")
-prep_mt = _load("prep_mt_data")
 
 
 def _tree_hash(root: Path) -> dict[str, str]:
@@ -85,24 +76,24 @@ def test_toy_layout_and_grammar(corpus: Path) -> None:
 
 
 def test_grammar_agreement_samples() -> None:
-    sents = toy.generate_sentences(7, 400)
+    sents = grammar.generate_sentences(7, 400)
     assert len({s[0] for s in sents}) == 400
     by_en = {s[0]: s for s in sents}
     # construct specific phrases through the grammar functions
-    ball = toy.THINGS[0]  # Ball m / balle f
-    red, small = toy.COLOURS[0], toy.SIZES[0]
-    np_ = toy.NP(ball, "indef", 1, small, red)
-    assert toy.en_np(np_) == "a small red ball"
-    assert toy.de_np(np_, "acc") == "einen kleinen roten Ball"
-    assert toy.de_np(np_, "nom") == "ein kleiner roter Ball"
-    assert toy.fr_np(np_) == "une petite balle rouge"
-    tree = toy.PLACES[7][0]
-    old = toy.SIZES[2]
-    assert toy.fr_np(toy.NP(tree, "def", 1, old)) == "le vieil arbre"
-    assert toy.fr_np(toy.NP(tree, "def", 1), de_contract=True) == "de l'arbre"
-    assert toy.de_np(toy.NP(toy.ANIMATES[9], "def", 1), "acc") == "den Jungen"
-    assert toy.de_np(toy.NP(ball, "num", 3, None, red), "acc") == "drei rote Bälle"
-    assert toy.en_np(toy.NP(toy.THINGS[1], "indef", 1)) == "an apple"
+    ball = lexicon.THINGS[0]  # Ball m / balle f
+    red, small = lexicon.COLOURS[0], lexicon.SIZES[0]
+    np_ = grammar.NP(ball, "indef", 1, small, red)
+    assert grammar.en_np(np_) == "a small red ball"
+    assert grammar.de_np(np_, "acc") == "einen kleinen roten Ball"
+    assert grammar.de_np(np_, "nom") == "ein kleiner roter Ball"
+    assert grammar.fr_np(np_) == "une petite balle rouge"
+    tree = lexicon.PLACES[7][0]
+    old = lexicon.SIZES[2]
+    assert grammar.fr_np(grammar.NP(tree, "def", 1, old)) == "le vieil arbre"
+    assert grammar.fr_np(grammar.NP(tree, "def", 1), de_contract=True) == "de l'arbre"
+    assert grammar.de_np(grammar.NP(lexicon.ANIMATES[9], "def", 1), "acc") == "den Jungen"
+    assert grammar.de_np(grammar.NP(ball, "num", 3, None, red), "acc") == "drei rote Bälle"
+    assert grammar.en_np(grammar.NP(lexicon.THINGS[1], "indef", 1)) == "an apple"
     assert all(s[1][0].isupper() and s[2].endswith(".") for s in by_en.values())
 
 
@@ -204,6 +195,101 @@ def test_prep_mt_binarizes_two_languages(prepared: dict[str, Path], tmp_path: Pa
         assert (bin_dir / f"train.en-{lang}.en.bin").stat().st_mtime_ns == mtime
 
 
+# --------------------------------------------------------------------------- an existing spm model + dictionary
+
+
+@pytest.fixture(scope="module")
+def deltalm_vocab(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DeltaLM-layout spm.model + dict.txt trained on the de pair's train text (XLM-R special ids, count-ranked)."""
+    out = tmp_path_factory.mktemp("deltalm_vocab")
+    txt = corpus / "en-de" / "data" / "train" / "txt"
+    text = out / "text.txt"
+    text.write_text((txt / "train.en").read_text() + (txt / "train.de").read_text())
+    n = make_deltalm_vocab(out, text, vocab_size=120)
+    assert n == len((out / "dict.txt").read_text().splitlines()) + 4
+    return out
+
+
+def _prep_with(corpus: Path, out: Path, spm_model: Path, vocab: Path) -> int:
+    return prep.main(["--data-root", str(corpus), "--tgt-lang", "de", "--out-dir", str(out), "--spm-model",
+                      str(spm_model), "--vocab", str(vocab)])
+
+
+def test_prep_with_an_existing_spm_model_and_dictionary(corpus: Path, deltalm_vocab: Path, tmp_path: Path) -> None:
+    import sentencepiece as spm
+    from fairseq.data import Dictionary
+
+    out = tmp_path / "en-de"
+    assert _prep_with(corpus, out, deltalm_vocab / "spm.model", deltalm_vocab / "dict.txt") == 0
+    assert not list(out.glob("spm_*")), "no SentencePiece model may be trained"
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["vocab_filename"] == str((deltalm_vocab / "dict.txt").resolve())
+    assert cfg["bpe_tokenizer"] == {"bpe": "sentencepiece",
+                                    "sentencepiece_model": str((deltalm_vocab / "spm.model").resolve())}
+    # the config's files encode every text without <unk>, through the dictionary's own ids (fairseq's S2T pipeline)
+    d = Dictionary.load(cfg["vocab_filename"])
+    sp = spm.SentencePieceProcessor(model_file=str(deltalm_vocab / "spm.model"))
+    assert sp.unk_id() == 0 and sp.pad_id() == -1  # XLM-R's layout, unlike our own models'
+    rows = read_manifest(out / "train.tsv")
+    ids = [d.encode_line(" ".join(sp.encode(r.tgt_text, out_type=str)), add_if_not_exist=False) for r in rows]
+    assert all(d.unk() not in x.tolist() for x in ids)
+    assert any(i != sp.piece_to_id(d[i]) for x in ids for i in x.tolist()[:-1]), "dict ids equal spm ids"
+    decoded = d.string(ids[0]).replace(" ", "").replace("\u2581", " ").strip()
+    assert decoded == rows[0].tgt_text
+
+
+def test_prep_rejects_a_dictionary_missing_a_used_piece(corpus: Path, deltalm_vocab: Path, tmp_path: Path) -> None:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(deltalm_vocab / "spm.model"))
+    first = read_manifest(tmp_path_prep(corpus, tmp_path) / "train.tsv")[0]
+    piece = sp.encode(first.tgt_text, out_type=str)[0]
+    lines = (deltalm_vocab / "dict.txt").read_text(encoding="utf-8").splitlines()
+    bad = tmp_path / "dict.txt"
+    bad.write_text("".join(ln + "\n" for ln in lines if ln.rsplit(" ", 1)[0] != piece), encoding="utf-8")
+    out = tmp_path / "out"
+    with pytest.raises(prep.PrepError) as e:
+        _prep_with(corpus, out, deltalm_vocab / "spm.model", bad)
+    msg = str(e.value)
+    assert msg.startswith(f"{bad.resolve()}: ") and repr(piece) in msg and "are not in the dictionary" in msg
+    assert not (out / "config.yaml").exists()
+
+
+def tmp_path_prep(corpus: Path, tmp_path: Path) -> Path:
+    """Manifests of the de pair (own spm), to find the texts the data uses."""
+    out = tmp_path / "plain"
+    assert prep.main(["--data-root", str(corpus), "--tgt-lang", "de", "--out-dir", str(out), "--vocab-size",
+                      "100"]) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    ("spm_content", "dict_content", "message"),
+    [
+        (b"not a model", None, "spm.model: not a SentencePiece model"),
+        (None, "\u2581the 5\nno_count_here\n", "dict.txt:2: not a fairseq dictionary line"),
+        (None, "", "dict.txt: empty dictionary"),
+    ],
+)
+def test_prep_rejects_bad_vocab_files(corpus: Path, deltalm_vocab: Path, tmp_path: Path, spm_content: bytes | None,
+                                      dict_content: str | None, message: str) -> None:
+    model, vocab = tmp_path / "spm.model", tmp_path / "dict.txt"
+    model.write_bytes(spm_content if spm_content is not None else (deltalm_vocab / "spm.model").read_bytes())
+    vocab.write_text(dict_content if dict_content is not None else (deltalm_vocab / "dict.txt").read_text())
+    with pytest.raises(prep.PrepError, match=re.escape(message)):
+        _prep_with(corpus, tmp_path / "out", model, vocab)
+
+
+def test_prep_spm_model_needs_vocab(corpus: Path, deltalm_vocab: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        prep.main(["--data-root", str(corpus), "--tgt-lang", "de", "--out-dir", str(tmp_path / "o"),
+                   "--spm-model", str(deltalm_vocab / "spm.model")])
+    assert "--spm-model and --vocab go together" in capsys.readouterr().err
+    with pytest.raises(prep.PrepError, match=re.escape(f"{tmp_path / 'nope.txt'}: file not found (--vocab)")):
+        _prep_with(corpus, tmp_path / "o", deltalm_vocab / "spm.model", tmp_path / "nope.txt")
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 
@@ -259,7 +345,7 @@ def test_bad_empty_translation(broken: Path, tmp_path: Path) -> None:
 def test_bad_input_cli_exit_code(broken: Path, tmp_path: Path) -> None:
     (broken / "txt" / "train.en").write_text("")
     res = subprocess.run(
-        [sys.executable, "data_prep/prep_mustc_data.py", "--data-root", str(broken.parents[2]), "--tgt-lang", "de",
+        [sys.executable, "-m", "data_prep.prep_mustc_data", "--data-root", str(broken.parents[2]), "--tgt-lang", "de",
          "--out-dir", str(tmp_path / "o"), "--splits", "train"],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip

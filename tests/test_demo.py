@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test here runs the tiny demo (fairseq-train / fairseq-generate)
+
 STAGES = ["corpus", "hubert", "mt", "fp", "svcd_cross_attn", "svcd_decoder", "generate_fp",
           "generate_svcd_cross_attn", "generate_svcd_decoder", "results", "curves"]
 
