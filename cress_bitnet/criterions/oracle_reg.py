@@ -21,7 +21,8 @@ apart: ``w = adaptive_base + adaptive_scale * (1 - cos(h_st, h_mt))`` from the d
 Fixed against CRESS's code: the adaptive weights are transposed from the decoder's T x B layout to the B x T order of
 the flattened log-probabilities (CRESS flattens them T-major, so for B > 1 they land on other sentences' tokens);
 no ``.cuda()`` (runs on CPU); the epoch arrives through ``set_epoch`` (the task forwards the trainer's epoch);
-decoder-input padding stays padding (CRESS also mixes predictions into it, which the loss masks anyway).
+decoder-input padding stays padding and the oracle never predicts ``<pad>`` (in CRESS a predicted or mixed-in pad
+would be masked as padding inside the sentence).
 Kept as CRESS: ``sample_size`` is the number of target tokens although ST, MT and JSD are summed;
 ``--gumbel-temperature`` divides the noisy logits before an argmax, so it does not change the chosen tokens.
 Validation scores ST only.
@@ -54,8 +55,10 @@ ADAPTIVE_FUNCS = ChoiceEnum(["linear_cosine"])
 
 
 def gold_probability(epoch: float, k: float) -> float:
-    """Probability of keeping a gold decoder-input token at ``epoch`` (inverse-sigmoid decay, ``--decay-k``)."""
-    return k / (k + math.exp(epoch / k))
+    """Probability of keeping a gold decoder-input token at ``epoch`` (inverse-sigmoid decay, ``--decay-k``):
+    k / (k + exp(epoch / k)), written as a logistic so that late epochs or small k give 0 instead of overflowing."""
+    z = epoch / k - math.log(k)
+    return 0.0 if z > 700 else 1.0 / (1.0 + math.exp(z))
 
 
 def gumbel_noise(like: Tensor, eps: float = 1e-6) -> Tensor:
@@ -139,7 +142,7 @@ class OracleRegCriterion(SpeechAndTextTranslationCriterion):
 
     def oracle_prefix(self, logits: Tensor, prev_output_tokens: Tensor) -> Tensor:
         """Decoder input mixing gold tokens (kept with :meth:`gold_prob`) and the shifted oracle predictions."""
-        scores = logits.float()
+        scores = logits.float().index_fill(-1, torch.tensor([self.padding_idx], device=logits.device), -math.inf)
         if self.use_word_gumbel_noise:
             scores = (scores + gumbel_noise(scores)) / self.gumbel_temperature
         predicted = scores.argmax(dim=-1).to(prev_output_tokens)
