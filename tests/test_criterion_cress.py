@@ -285,3 +285,15 @@ def test_set_epoch_is_on_every_criterion() -> None:
     assert crit.epoch == 1
     crit.set_epoch(7)
     assert crit.epoch == 7
+
+
+def test_the_task_forwards_the_trainers_epoch_to_model_and_criterion() -> None:
+    # fairseq 0.12's Trainer.begin_epoch calls only task.begin_epoch(epoch, model)
+    from cress_bitnet.tasks.speech_and_text_translation import SpeechAndTextTranslationTask
+
+    task = object.__new__(SpeechAndTextTranslationTask)  # begin_epoch touches nothing else of the task
+    task.criterion = oracle(use_word_level_oracle=True)
+    model = FakeSTModel(seed=0)
+    SpeechAndTextTranslationTask.begin_epoch(task, 3, model)
+    assert task.criterion.epoch == 3 and model.epochs == [3]
+    assert task.criterion.gold_prob() == pytest.approx(gold_probability(3, 15))
