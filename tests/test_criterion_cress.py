@@ -297,3 +297,20 @@ def test_the_task_forwards_the_trainers_epoch_to_model_and_criterion() -> None:
     SpeechAndTextTranslationTask.begin_epoch(task, 3, model)
     assert task.criterion.epoch == 3 and model.epochs == [3]
     assert task.criterion.gold_prob() == pytest.approx(gold_probability(3, 15))
+
+
+def test_logged_terms_are_per_token_in_bits_and_gold_prob_is_averaged() -> None:
+    from fairseq import metrics
+
+    model, sample = FakeSTModel(seed=0), padded_batch()
+    crit = oracle(use_word_level_oracle=True)
+    crit.set_epoch(20)
+    logs = [crit(model, sample)[2], crit(model, sample)[2]]
+    with metrics.aggregate() as agg:
+        OracleRegCriterion.reduce_metrics(logs)
+        values = agg.get_smoothed_values()
+    n = 2 * sample["ntokens"]
+    for part in ("st", "mt", "reg"):
+        total = sum(log[f"{part}_loss"].item() for log in logs)
+        assert values[f"{part}_loss"] == pytest.approx(total / n / math.log(2), abs=1e-3)
+    assert values["gold_prob"] == pytest.approx(gold_probability(20, 15), abs=1e-4)

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from fairseq import metrics, utils
+from fairseq import metrics
 from fairseq.criterions import register_criterion
 from fairseq.dataclass import ChoiceEnum
 from torch import Tensor
@@ -203,14 +203,12 @@ class OracleRegCriterion(SpeechAndTextTranslationCriterion):
 
     @classmethod
     def reduce_metrics(cls, logging_outputs: list[dict[str, Any]]) -> None:
+        """The base logs every part (``reg_loss`` included); the oracle's gold-token probability is added here."""
         super().reduce_metrics(logging_outputs)
-        n = sum(log.get("reg_ntokens", 0) for log in logging_outputs)
+        n = sum(log.get("reg_ntokens", 0) for log in logging_outputs if "gold_prob_sum" in log)
         if n > 0:
-            metrics.log_scalar("reg_loss", utils.item(sum(log.get("reg_loss", 0) for log in logging_outputs))
-                               / n / math.log(2), n, round=3)
-            if any("gold_prob_sum" in log for log in logging_outputs):
-                metrics.log_scalar("gold_prob", sum(log.get("gold_prob_sum", 0) for log in logging_outputs) / n,
-                                   n, round=4)
+            metrics.log_scalar("gold_prob", sum(log.get("gold_prob_sum", 0) for log in logging_outputs) / n, n,
+                               round=4)
 
 
 @register_criterion("speech_and_text_translation_with_oracle_reg_adaptive", dataclass=OracleRegAdaptiveCriterionConfig)

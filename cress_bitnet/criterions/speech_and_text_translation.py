@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from cress_bitnet.checkpoints import CheckpointError
 from cress_bitnet.models.st_checkpoint import build_fp_model
 
-PARTS = ("st", "mt", "ext_mt", "ctc", "kd")
+PARTS = ("st", "mt", "ext_mt", "ctc", "kd", "reg")  # reg: the CRESS criteria (oracle_reg.py)
 
 
 def token_kl(p_lprobs: Tensor, q_lprobs: Tensor) -> Tensor:
