@@ -314,3 +314,16 @@ def test_logged_terms_are_per_token_in_bits_and_gold_prob_is_averaged() -> None:
         total = sum(log[f"{part}_loss"].item() for log in logs)
         assert values[f"{part}_loss"] == pytest.approx(total / n / math.log(2), abs=1e-3)
     assert values["gold_prob"] == pytest.approx(gold_probability(20, 15), abs=1e-4)
+
+
+def test_torch_ddp_is_refused_with_the_flag_to_use(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(FakeSTModel(seed=0))
+        proxy = type("Proxy", (), {"module": wrapped})()  # fairseq's ModuleProxyWrapper keeps DDP as .module
+        with pytest.raises(ValueError, match="--ddp-backend legacy_ddp"):
+            oracle()(proxy, padded_batch())
+    finally:
+        dist.destroy_process_group()

@@ -26,8 +26,10 @@ would be masked as padding inside the sentence).
 Kept as CRESS: ``sample_size`` is the number of target tokens although ST, MT and JSD are summed;
 ``--gumbel-temperature`` divides the noisy logits before an argmax, so it does not change the chosen tokens.
 Validation scores ST only.
-The encoder runs once per modality and the decoder is called directly (as in CRESS), so multi-GPU training needs
-``--ddp-backend legacy_ddp``, which every CRESS recipe uses.
+The encoder runs once per modality and the decoder is called directly (as in CRESS). PyTorch's
+DistributedDataParallel all-reduces gradients only for outputs of its own ``forward``, so with it the replicas would
+silently drift apart: multi-GPU training needs ``--ddp-backend legacy_ddp`` (every CRESS recipe uses it), and the
+criterion refuses a model wrapped in ``DistributedDataParallel``.
 
 Everything else (``--ctc-weight``, ``--kd-weight``, external MT batches, logging) is the base criterion's.
 """
@@ -158,6 +160,7 @@ class OracleRegCriterion(SpeechAndTextTranslationCriterion):
 
         Returns the decoder output (with ``encoder_out`` in its extra, for CTC) and the net_input it corresponds to
         (for the KD teacher)."""
+        refuse_torch_ddp(model)
         encoder_out = model.encoder(src_tokens, src_lengths, mode)
         if self.use_word_level_oracle:
             with torch.no_grad():
@@ -249,3 +252,13 @@ def last_decoder_state(net_output: Any) -> Tensor:
     if not states:
         raise ValueError("--adaptive-* weights need a decoder that returns its layer outputs (extra['inner_states'])")
     return states[-1]
+
+
+def refuse_torch_ddp(model: Any) -> None:
+    """Stop when the model is wrapped in torch's DistributedDataParallel (gradients would not be synchronised)."""
+    while model is not None:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            raise ValueError("the CRESS criteria call the encoder and decoder directly, which torch's "
+                             "DistributedDataParallel does not synchronise: pass --ddp-backend legacy_ddp "
+                             "(as CRESS's recipes do)")
+        model = getattr(model, "module", None)
