@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NO_HUBERT_DROPOUT, ToyData, fairseq, output
+from conftest import NO_HUBERT_DROPOUT, TGT, ToyData, fairseq, output, quant_train_args
 
 # CRESS's …cress.sh / …cress_adaptive.sh criterion flags (ictnlp/CRESS train_scripts), epochs shortened
 CRESS_FLAGS = ["--criterion", "speech_and_text_translation_with_oracle_reg", "--reg-loss-type", "jsd",
@@ -22,11 +22,11 @@ ADAPTIVE_FLAGS = ["--criterion", "speech_and_text_translation_with_oracle_reg_ad
                   "--adaptive-weight-drop", "0.0", "--adaptive-st-loss", "--adaptive-mt-loss", "--adaptive-reg-loss"]
 
 
-def epoch_records(log: str) -> dict[int, dict]:
-    """The end-of-epoch training records of a ``--log-format json`` run, by epoch."""
+def epoch_records(log: str, kind: str = "train") -> dict[int, dict]:
+    """The last training record per epoch of a ``--log-format json`` run (``train``: end of epoch; ``train_inner``)."""
     records = {}
     for line in log.splitlines():
-        if "| train |" in line and "{" in line:
+        if f"| {kind} |" in line and "{" in line:
             record = json.loads(line[line.index("{"):])
             records[int(record["epoch"])] = record
     return records
@@ -51,9 +51,9 @@ def test_cress_then_adaptive_stage_train_with_ctc_and_kd(toy: ToyData, fp_checkp
         for key in ("train_st_loss", "train_mt_loss", "train_reg_loss", "train_ctc_loss"):
             assert math.isfinite(float(rec[key])) and float(rec[key]) >= 0, key
         assert float(rec["train_reg_loss"]) > 0
-    valid = [line for line in log1.splitlines() if "| valid |" in line]
-    assert valid and all(re.search(r'"valid_st_loss": "?\d', line) for line in valid), valid or log1[-3000:]
-    assert not any("valid_reg_loss" in line for line in valid)  # validation: ST only
+    valid = [line for line in log1.splitlines() if "| dev |" in line]  # fairseq tags validation by the subset
+    assert len(valid) == 2 and all(re.search(r'"dev_st_loss": "?\d', line) for line in valid), log1[-3000:]
+    assert not any("dev_reg_loss" in line for line in valid)  # validation: ST only
     saved = torch.load(cress / "checkpoint_last.pt", weights_only=True)
     assert saved["cfg"]["criterion"]._name == "speech_and_text_translation_with_oracle_reg"
 
@@ -70,3 +70,17 @@ def test_cress_then_adaptive_stage_train_with_ctc_and_kd(toy: ToyData, fp_checkp
         assert math.isfinite(float(rec[key])) and float(rec[key]) >= 0, key
     final = torch.load(adaptive / "checkpoint_last.pt", weights_only=True)
     assert set(final["model"]) == set(saved["model"])  # no teacher tensors in the student's checkpoint
+
+
+@pytest.mark.slow
+def test_cress_adaptive_fine_tunes_a_quant_transformer(toy: ToyData, fp_checkpoint: Path, tmp_path: Path) -> None:
+    """CRESS + 1-bit fine-tuning: the adaptive criterion on quant_transformer (SVCD decoder), with CTC and KD."""
+    log = output(fairseq("train", quant_train_args(
+        toy, fp_checkpoint, tmp_path / "q", *ADAPTIVE_FLAGS, "--tgt-lang", TGT, "--quant-targets", "decoder",
+        "--max-update", "2", "--ddp-backend", "legacy_ddp", "--ctc-weight", "0.3", "--kd-weight", "0.5",
+        "--log-format", "json", "--required-batch-size-multiple", "1", "--max-sentences", "12",
+        "--disable-validation")))
+    rec = epoch_records(log, "train_inner")[1]
+    assert float(rec["gold_prob"]) == pytest.approx(gold(1), abs=1e-4)
+    for key in ("st_loss", "mt_loss", "reg_loss", "ctc_loss", "kd_loss"):
+        assert math.isfinite(float(rec[key])) and float(rec[key]) >= 0, key
