@@ -107,3 +107,10 @@ def test_kd_flag_errors(tmp_path: Path) -> None:
         criterion(1.0, None, pretrained_st_checkpoint=str(tmp_path / "gone.pt"))
     with pytest.raises(ValueError, match="--kd-weight must be >= 0"):
         criterion(-1.0)
+
+
+def test_teacher_without_weight_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        crit = criterion(0.0, "teacher.pt")
+    assert crit.kd_teacher_path is None
+    assert "--kd-teacher teacher.pt is unused: distillation is off without --kd-weight > 0" in caplog.text

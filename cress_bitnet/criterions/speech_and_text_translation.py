@@ -13,13 +13,14 @@
   frozen FP teacher (``--kd-teacher``, default ``--pretrained-st-checkpoint``) belongs to the criterion, not the model:
   it is built lazily, kept outside the module tree (so it is in no ``parameters()``, optimizer or state dict) and
   always in eval mode, and it sees exactly the student's inputs (the same decoder prefix).
-Each part is logged separately (``st_loss``, ``mt_loss``, ``ext_mt_loss``, ``ctc_loss``, ``kd_loss``), unweighted and
-normalised by its own tokens (source tokens for CTC).
+Each part is logged separately (``st_loss``, ``mt_loss``, ``ext_mt_loss``, ``ctc_loss``, ``kd_loss``; the CRESS
+criteria add ``reg_loss``), unweighted, in bits per token of its own (source tokens for CTC).
 
 Subclasses (the CRESS criteria) replace :meth:`st_training_loss` only; CTC, KD, external MT, validation and logging
 stay here. fairseq's trainer tells only the task about a new epoch; the task forwards it to :meth:`set_epoch`.
 """
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 from cress_bitnet.checkpoints import CheckpointError
 from cress_bitnet.models.st_checkpoint import build_fp_model
 
+logger = logging.getLogger(__name__)
 PARTS = ("st", "mt", "ext_mt", "ctc", "kd", "reg")  # reg: the CRESS criteria (oracle_reg.py)
 
 
@@ -88,6 +90,8 @@ class SpeechAndTextTranslationCriterion(LabelSmoothedCrossEntropyCriterion):
                 flag = "--kd-teacher" if kd_teacher else "--pretrained-st-checkpoint (the default --kd-teacher)"
                 raise CheckpointError(f"KD teacher not found: {path} (given by {flag})")
             self.kd_teacher_path = path
+        elif kd_teacher:
+            logger.warning(f"--kd-teacher {kd_teacher} is unused: distillation is off without --kd-weight > 0")
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the task at the start of every training epoch (fairseq's trainer only calls the task)."""
