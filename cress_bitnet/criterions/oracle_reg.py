@@ -202,6 +202,7 @@ class OracleRegCriterion(SpeechAndTextTranslationCriterion):
         return loss, st_nll + mt_nll, st_output, st_input
 
     def weight_for(self, term: str, weight: Tensor | None) -> Tensor | None:
+        """The token weights that apply to ``term`` (st, mt or reg); the non-adaptive criterion weights nothing."""
         return None
 
     @classmethod
