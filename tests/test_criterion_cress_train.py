@@ -10,8 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import NO_HUBERT_DROPOUT, TGT, ToyData, fairseq, output, quant_train_args
+
+from cress_bitnet.checkpoints import load_checkpoint
 
 # CRESS's …cress.sh / …cress_adaptive.sh criterion flags (ictnlp/CRESS train_scripts), epochs shortened
 CRESS_FLAGS = ["--criterion", "speech_and_text_translation_with_oracle_reg", "--reg-loss-type", "jsd",
@@ -54,7 +55,7 @@ def test_cress_then_adaptive_stage_train_with_ctc_and_kd(toy: ToyData, fp_checkp
     valid = [line for line in log1.splitlines() if "| dev |" in line]  # fairseq tags validation by the subset
     assert len(valid) == 2 and all(re.search(r'"dev_st_loss": "?\d', line) for line in valid), log1[-3000:]
     assert not any("dev_reg_loss" in line for line in valid)  # validation: ST only
-    saved = torch.load(cress / "checkpoint_last.pt", weights_only=True)
+    saved = load_checkpoint(cress / "checkpoint_last.pt")
     crit_cfg = saved["cfg"]["criterion"]
     name = crit_cfg["_name"] if isinstance(crit_cfg, dict) else crit_cfg.criterion
     assert name == "speech_and_text_translation_with_oracle_reg"
@@ -70,7 +71,7 @@ def test_cress_then_adaptive_stage_train_with_ctc_and_kd(toy: ToyData, fp_checkp
     assert float(rec["train_gold_prob"]) == pytest.approx(gold(3), abs=1e-4)
     for key in ("train_st_loss", "train_mt_loss", "train_reg_loss", "train_kd_loss"):
         assert math.isfinite(float(rec[key])) and float(rec[key]) >= 0, key
-    final = torch.load(adaptive / "checkpoint_last.pt", weights_only=True)
+    final = load_checkpoint(adaptive / "checkpoint_last.pt")
     assert set(final["model"]) == set(saved["model"])  # no teacher tensors in the student's checkpoint
 
 
