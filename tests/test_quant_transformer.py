@@ -143,17 +143,22 @@ def test_swapped_self_attention_is_used_in_training(toy: ToyData, fp_checkpoint:
 
 
 def test_distillation_gradient_frozen_teacher_not_saved(toy: ToyData, fp_checkpoint: Path, tmp_path: Path) -> None:
+    """KD is the criterion's (--kd-weight; teacher default --pretrained-st-checkpoint); its math is pinned in
+    test_criterion_kd.py, here on a real quant_transformer: gradient into g/h, frozen teacher, nothing saved."""
     task, model, args = build(toy, fp_checkpoint, "--quant-targets", "decoder", "--kd-weight", "2.0")
+    criterion = task.build_criterion(args)
+    assert criterion.kd_weight == 2.0 and criterion.kd_teacher_path == str(fp_checkpoint)
     keys_before = set(model.state_dict())
     params_before = {id(p) for p in model.parameters()}
     sample = batch(task)
     model.train()
     net_output = model(**sample["net_input"])
-    kd = model.distillation_loss(sample, net_output)
-    assert kd is not None and kd.requires_grad and kd.item() > 0
-    teacher = model._teacher[0]
+    kd = criterion.kd_loss(model, sample["net_input"], net_output, sample)
+    assert kd.requires_grad and kd.item() > 0
+    teacher = criterion.teacher(next(model.parameters()))
     assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
     assert not ({id(p) for p in teacher.parameters()} & params_before)
+    assert list(criterion.parameters()) == [] and not criterion.state_dict()
     frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
     kd.backward()
     grads = [p.grad for n, p in model.named_parameters() if n.endswith(".h") and p.grad is not None]
@@ -163,7 +168,7 @@ def test_distillation_gradient_frozen_teacher_not_saved(toy: ToyData, fp_checkpo
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, frozen[k]), k
     assert set(model.state_dict()) == keys_before
-    # the criterion adds it, and a trained checkpoint has no teacher tensors
+    # the criterion adds it in fairseq-train, and a trained checkpoint has no teacher tensors
     save = tmp_path / "kd"
     log = output(fairseq("train", quant_train_args(toy, fp_checkpoint, save, "--quant-targets", "decoder",
                                                    "--kd-weight", "1.0", "--max-update", "2",

@@ -1,1 +1,1 @@
-from cress_bitnet.criterions import speech_and_text_translation  # noqa: F401
+from cress_bitnet.criterions import oracle_reg, speech_and_text_translation  # noqa: F401

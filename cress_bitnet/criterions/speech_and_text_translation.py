@@ -8,13 +8,23 @@
   from little (a small or random HuBERT) can sit on the decoder's language-model plateau for a long time; CTC gives
   every frame a direct signal. The logits reuse the decoder's output projection (joint dictionary, blank = ``<s>`` as
   in fairseq's CTC criterion), so no parameter is added and checkpoints stay CRESS-compatible.
-* A model that distils from a teacher (``quant_transformer --kd-weight``) adds its KD term on ST batches.
-Each part is logged separately (``st_loss``, ``mt_loss``, ``ext_mt_loss``, ``ctc_loss``, ``kd_loss``), normalised by
-its own tokens (source tokens for CTC).
+* ``--kd-weight W`` (training only) adds W x sum over target tokens of KL(teacher || student) over the vocabulary
+  (Hinton et al. 2015, "Distilling the knowledge in a neural network"; word-level KD as in Kim & Rush 2016). The
+  frozen FP teacher (``--kd-teacher``, default ``--pretrained-st-checkpoint``) belongs to the criterion, not the model:
+  it is built lazily, kept outside the module tree (so it is in no ``parameters()``, optimizer or state dict) and
+  always in eval mode, and it sees exactly the student's inputs (the same decoder prefix).
+Each part is logged separately (``st_loss``, ``mt_loss``, ``ext_mt_loss``, ``ctc_loss``, ``kd_loss``; the CRESS
+criteria add ``reg_loss``), unweighted, in bits per token of its own (source tokens for CTC).
+
+Subclasses (the CRESS criteria) replace :meth:`st_training_loss` only; CTC, KD, external MT, validation and logging
+stay here. fairseq's trainer tells only the task about a new epoch; the task forwards it to :meth:`set_epoch`.
 """
 
+import logging
 import math
+import os
 from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +34,18 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
     LabelSmoothedCrossEntropyCriterionConfig,
 )
+from torch import Tensor, nn
 
-PARTS = ("st", "mt", "ext_mt", "ctc", "kd")
+from cress_bitnet.checkpoints import CheckpointError
+from cress_bitnet.models.st_checkpoint import build_fp_model
+
+logger = logging.getLogger(__name__)
+PARTS = ("st", "mt", "ext_mt", "ctc", "kd", "reg")  # reg: the CRESS criteria (oracle_reg.py)
+
+
+def token_kl(p_lprobs: Tensor, q_lprobs: Tensor) -> Tensor:
+    """KL(p || q) = sum_v p_v (log p_v - log q_v) per position, from log-probabilities over the last dimension."""
+    return F.kl_div(q_lprobs, p_lprobs, log_target=True, reduction="none").sum(-1)
 
 
 @dataclass
@@ -34,19 +54,48 @@ class SpeechAndTextTranslationCriterionConfig(LabelSmoothedCrossEntropyCriterion
     ctc_weight: float = field(
         default=0.0, metadata={"help": "weight of an auxiliary CTC loss of the speech encoder output vs the transcript"}
     )
+    kd_weight: float = field(
+        default=0.0, metadata={"help": "weight of KL(teacher || student) on ST batches (default 0: no distillation)"}
+    )
+    kd_teacher: Optional[str] = field(  # noqa: UP045 - fairseq's flag generator reads typing.Optional
+        default=None, metadata={"help": "FP ST teacher for --kd-weight (default: --pretrained-st-checkpoint)"}
+    )
 
 
 @register_criterion("speech_and_text_translation", dataclass=SpeechAndTextTranslationCriterionConfig)
 class SpeechAndTextTranslationCriterion(LabelSmoothedCrossEntropyCriterion):
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,  # noqa: ANN001
-                 mt_finetune=False, ctc_weight=0.0):  # noqa: ANN001
+                 mt_finetune=False, ctc_weight=0.0, kd_weight=0.0, kd_teacher=None):  # noqa: ANN001
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if ctc_weight < 0:
             raise ValueError(f"--ctc-weight must be >= 0, got {ctc_weight}")
+        if kd_weight < 0:
+            raise ValueError(f"--kd-weight must be >= 0, got {kd_weight}")
         self.mt_finetune = mt_finetune
         self.ctc_weight = ctc_weight
         self.blank_idx = task.target_dictionary.bos()
         self.ignore_idx = {task.target_dictionary.pad(), task.target_dictionary.eos()}
+        self.epoch = 1
+        self.kd_weight = float(kd_weight)
+        self.kd_teacher_path = None
+        self._task = task
+        self._teacher: list[nn.Module] = []  # a list, not an attribute module: outside the criterion's module tree
+        if self.kd_weight > 0:
+            run_args = getattr(task, "args", None)
+            path = kd_teacher or getattr(run_args, "pretrained_st_checkpoint", None)
+            if not path:
+                raise ValueError(f"--kd-weight {kd_weight} needs a teacher: pass --kd-teacher PATH "
+                                 "(default: the run's --pretrained-st-checkpoint, not set here)")
+            if not os.path.isfile(path):
+                flag = "--kd-teacher" if kd_teacher else "--pretrained-st-checkpoint (the default --kd-teacher)"
+                raise CheckpointError(f"KD teacher not found: {path} (given by {flag})")
+            self.kd_teacher_path = path
+        elif kd_teacher:
+            logger.warning(f"--kd-teacher {kd_teacher} is unused: distillation is off without --kd-weight > 0")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the task at the start of every training epoch (fairseq's trainer only calls the task)."""
+        self.epoch = epoch
 
     def _ce(self, model, net_output, sample):  # noqa: ANN001, ANN202
         loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=True)
@@ -70,30 +119,67 @@ class SpeechAndTextTranslationCriterion(LabelSmoothedCrossEntropyCriterion):
                           reduction="sum", zero_infinity=True)
         return loss, int(keep.sum())
 
+    # ---- knowledge distillation -------------------------------------------------------------------------------
+    def teacher(self, like: Tensor) -> nn.Module:
+        """The frozen FP teacher, built on first use, on ``like``'s device and (floating) dtype, in eval mode."""
+        if not self._teacher:
+            teacher, _ = build_fp_model(self.kd_teacher_path, self._task, flag="--kd-teacher")
+            teacher.requires_grad_(False)
+            self._teacher.append(teacher)
+        teacher = self._teacher[0].eval()
+        return teacher.to(device=like.device, dtype=like.dtype if like.is_floating_point() else None)
+
+    def kd_loss(self, model, net_input: dict[str, Any], net_output: Any, sample: dict[str, Any]) -> Tensor:  # noqa: ANN001
+        """Unweighted sum over non-pad target tokens of KL(teacher || student); the teacher sees ``net_input``."""
+        teacher = self.teacher(next(model.parameters()))
+        with torch.no_grad():
+            t_lprobs = teacher.get_normalized_probs(teacher(**net_input), log_probs=True).float()
+        s_lprobs = model.get_normalized_probs(net_output, log_probs=True).float()
+        kl = token_kl(t_lprobs, s_lprobs)
+        return kl.masked_fill(sample["target"].eq(self.padding_idx), 0.0).sum()
+
+    # ---- the training loss of a speech batch --------------------------------------------------------------------
+    def st_training_loss(self, model, sample: dict[str, Any],  # noqa: ANN001
+                         log: dict[str, Any]) -> tuple[Tensor, Tensor, Any, dict[str, Any]]:
+        """Loss and NLL of a training ST batch, the ST output and the ST net_input that produced it (for CTC/KD)."""
+        net_input = sample["net_input"]
+        ntokens = sample["ntokens"]
+        net_output = model(**net_input)
+        loss, nll_loss = self._ce(model, net_output, sample)
+        log["st_loss"], log["st_ntokens"] = loss.data, ntokens
+        if self.mt_finetune:
+            mt_output = model(sample["source"], sample["source_lengths"], "mt", net_input["prev_output_tokens"])
+            mt_loss, mt_nll = self._ce(model, mt_output, sample)
+            log["mt_loss"], log["mt_ntokens"] = mt_loss.data, ntokens
+            loss, nll_loss = loss + mt_loss, nll_loss + mt_nll
+        return loss, nll_loss, net_output, net_input
+
+    def auxiliary_losses(self, model, sample: dict[str, Any], net_output: Any,  # noqa: ANN001
+                         net_input: dict[str, Any], log: dict[str, Any]) -> Tensor | float:
+        """Weighted CTC and KD terms of a training ST batch (0 when both are off)."""
+        extra: Tensor | float = 0.0
+        if self.ctc_weight > 0:
+            ctc_loss, ctc_ntokens = self.ctc_loss(model, net_output, sample)
+            log["ctc_loss"], log["ctc_ntokens"] = ctc_loss.data, ctc_ntokens
+            extra = extra + self.ctc_weight * ctc_loss
+        if self.kd_weight > 0:
+            kd_loss = self.kd_loss(model, net_input, net_output, sample)
+            log["kd_loss"], log["kd_ntokens"] = kd_loss.data, sample["ntokens"]
+            extra = extra + self.kd_weight * kd_loss
+        return extra
+
     def forward(self, model, sample, reduce=True):  # noqa: ANN001, ANN201
         net_input = sample["net_input"]
         mode = net_input.get("mode", "st")
         ntokens = sample["ntokens"]
         log: dict[str, float] = {}
-        if mode == "st":
+        if mode == "st" and self.training:
+            loss, nll_loss, net_output, st_input = self.st_training_loss(model, sample, log)
+            loss = loss + self.auxiliary_losses(model, sample, net_output, st_input, log)
+        elif mode == "st":
             net_output = model(**net_input)
             loss, nll_loss = self._ce(model, net_output, sample)
             log["st_loss"], log["st_ntokens"] = loss.data, ntokens
-            if self.training and self.mt_finetune:
-                mt_output = model(sample["source"], sample["source_lengths"], "mt", net_input["prev_output_tokens"])
-                mt_loss, mt_nll = self._ce(model, mt_output, sample)
-                log["mt_loss"], log["mt_ntokens"] = mt_loss.data, ntokens
-                loss, nll_loss = loss + mt_loss, nll_loss + mt_nll
-            if self.training and self.ctc_weight > 0:
-                ctc_loss, ctc_ntokens = self.ctc_loss(model, net_output, sample)
-                log["ctc_loss"], log["ctc_ntokens"] = ctc_loss.data, ctc_ntokens
-                loss = loss + self.ctc_weight * ctc_loss
-            distill = getattr(model, "distillation_loss", None)
-            if self.training and distill is not None:
-                kd_loss = distill(sample, net_output)
-                if kd_loss is not None:
-                    log["kd_loss"], log["kd_ntokens"] = kd_loss.data, ntokens
-                    loss = loss + kd_loss
         else:
             net_output = model(**net_input)
             loss, nll_loss = self._ce(model, net_output, sample)

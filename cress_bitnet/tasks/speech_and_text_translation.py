@@ -258,7 +258,17 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
     def build_criterion(self, args: Namespace):  # noqa: ANN201
         if self.data_cfg.prepend_tgt_lang_tag and getattr(args, "ignore_prefix_size", 0) != 1:
             raise ValueError("prepend_tgt_lang_tag is on in the data config: pass --ignore-prefix-size 1")
-        return super().build_criterion(args)
+        self.criterion = super().build_criterion(args)
+        return self.criterion
+
+    def begin_epoch(self, epoch: int, model) -> None:  # noqa: ANN001
+        """fairseq's trainer announces a new epoch only to the task: pass it on to the model and the criterion
+        (``set_epoch``; CRESS's oracle schedule reads it), as CRESS's task does for its model."""
+        super().begin_epoch(epoch, model)
+        model.set_epoch(epoch)
+        criterion = getattr(self, "criterion", None)
+        if hasattr(criterion, "set_epoch"):
+            criterion.set_epoch(epoch)
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None):  # noqa: ANN001, ANN201
         if self.data_cfg.prepend_tgt_lang_tag and getattr(args, "prefix_size", 0) != 1:
