@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from cress_bitnet.kernels import kernel_isa, signed_matmul
-from cress_bitnet.quantization import SVCDLinear, pack_signs
-from cress_bitnet.quantization.packed import PackedSVCDLinear, buffer_nbytes, build_packed_like
+from cress_bitnet.quantization import PackedSVCDLinear, SVCDLinear, buffer_nbytes, pack_signs
 
 SHAPES = [(512, 512), (768, 768), (768, 3072), (3072, 768)]  # out x in
 BATCHES = [1, 8, 64]
@@ -122,7 +121,7 @@ def decoder_sizes() -> dict[str, object]:
     fp16 = packed = 0
     for out_f, in_f in DECODER_LAYER:
         fp16 += 2 * (out_f * in_f + out_f)
-        packed += buffer_nbytes(build_packed_like(SVCDLinear(in_f, out_f)))
+        packed += buffer_nbytes(PackedSVCDLinear(in_f, out_f))
     fp16 *= DECODER_LAYERS
     packed *= DECODER_LAYERS
     return {"layers": DECODER_LAYERS, "fp16_bytes": fp16, "packed_svcd_bytes": packed, "compression": fp16 / packed}

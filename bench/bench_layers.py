@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cress_bitnet.quantization import QUANTIZERS
+from cress_bitnet.quantization import METHODS
 
 SHAPES = [(768, 768), (768, 3072)]
 
@@ -71,7 +71,7 @@ def run(tokens: int, warmup: int, reps: int) -> list[dict]:
             torch.manual_seed(0)
             base = nn.Linear(fin, fout, device=device, dtype=dtype)
             x = torch.randn(tokens, fin, device=device, dtype=dtype)
-            modules = {"nn.Linear": base} | {name: cls.from_linear(base) for name, cls in QUANTIZERS.items()}
+            modules = {"nn.Linear": base} | {name: m.layer.from_linear(base) for name, m in METHODS.items()}
             ms = time_interleaved(modules, x, warmup, reps)
             for name, mod in modules.items():
                 row = dict(device=device.type, dtype=str(dtype).split(".")[-1], shape=f"{fin}->{fout}",

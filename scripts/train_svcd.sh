@@ -13,7 +13,7 @@ RECIPE_TITLE="SVCD fine-tuning"
 var FP_CKPT '$ST_DIR/checkpoint_best.pt' "FP ST checkpoint"
 var QUANT_TARGETS cross_attn \
     "what to quantize: cross_attn | decoder | self_attn | ffn | encoder | all | cross_attn.q ..."
-var QUANT_METHOD svcd "quantizer (see cress_bitnet.quantization.QUANTIZERS)"
+var QUANT_METHOD svcd "quantizer: svcd, bitnet, bitnet158, bcq, tsvd, minmax (cress_bitnet.quantization.METHODS)"
 var QUANT_INIT signvalue "svcd g/h init: signvalue (starts from the FP layer's function) | constraint (the paper's)
     | unconstrained | svd"
 var QUANT_ACT "" "optional --quant-act (e.g. per_token)"
