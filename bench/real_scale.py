@@ -139,12 +139,14 @@ def load_report(data: Path, base: Path) -> dict[str, Any]:
         if not torch.equal(mine[key], src):
             mt_unequal.append(key)
     params = sum(p.numel() for p in model.parameters())
+    emb = model.decoder.embed_tokens.weight  # shared by the text encoder, the decoder and the output projection
+    named = [(n, p) for n, p in model.named_parameters() if p is not emb]
     groups = {
-        "hubert": sum(p.numel() for n, p in model.named_parameters() if n.startswith(hub_prefix)),
-        "text_encoder": sum(p.numel() for n, p in model.named_parameters()
-                            if n.startswith("encoder.") and not n.startswith(hub_prefix)),
-        "decoder": sum(p.numel() for n, p in model.named_parameters() if n.startswith("decoder.")),
-        "embedding": model.decoder.embed_tokens.weight.numel(),
+        "hubert": sum(p.numel() for n, p in named if n.startswith(hub_prefix)),
+        "speech_adaptor_and_text_encoder": sum(p.numel() for n, p in named
+                                               if n.startswith("encoder.") and not n.startswith(hub_prefix)),
+        "decoder_layers": sum(p.numel() for n, p in named if n.startswith("decoder.")),
+        "shared_embedding": emb.numel(),
     }
     out = {
         "build_s": build_s,
