@@ -10,6 +10,8 @@ overflows and NaN/inf losses from fairseq's JSON log.
     python -m bench.fp16_runs --data DATA --fp-checkpoint FP.pt --out OUT [--updates 200] [--runs fp,svcd:constraint]
 
 Writes OUT/fp16_runs.json (table + per-update records) and OUT/fp16_runs.md (the table), and OUT/logs/<run>.log.
+``python -m bench.fp16_runs --merge A/fp16_runs.json B/fp16_runs.json --out DIR`` joins runs made by several
+processes (on a shared CPU, two runners in parallel get twice the CPU share).
 The ``fp`` run continues the FP model itself (``hubert_transformer`` restored from the checkpoint's own arch fields).
 """
 
@@ -55,6 +57,7 @@ class RunResult:
     name: str
     method: str
     init: str
+    asked_updates: int = 0
     returncode: int = 0
     seconds: float = 0.0
     updates: int = 0
@@ -173,7 +176,8 @@ def run_one(a: argparse.Namespace, run: tuple[str, str, str, list[str]]) -> RunR
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=a.timeout)
     log = proc.stdout + proc.stderr
     (logs / f"{name.replace(':', '_')}.log").write_text("+ " + " ".join(cmd) + "\n" + log)
-    res = parse_log(log, RunResult(name, method, init, returncode=proc.returncode, seconds=time.time() - t0))
+    res = parse_log(log, RunResult(name, method, init, asked_updates=a.updates, returncode=proc.returncode,
+                                   seconds=time.time() - t0))
     if proc.returncode != 0:
         tail = [ln for ln in log.splitlines() if ln.strip()][-3:]
         res.error = " / ".join(tail)[-400:]
@@ -190,20 +194,51 @@ def markdown(results: list[RunResult], a: argparse.Namespace) -> str:
         f"batch {a.batch_size}, init loss scale {a.init_scale}, quant targets `{a.quant_targets}`, "
         f"from `{Path(a.fp_checkpoint).name}`",
         "",
-        "| method | init | updates reached | overflows | min loss scale | final loss scale | final loss | NaN | exit |",
+        "| method | init | updates reached / asked | overflows | min loss scale | final loss scale | final loss "
+        "| NaN | exit |",
         "|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         exit_note = "ok" if r.returncode == 0 else f"rc {r.returncode}"
         if r.min_scale_reached:
             exit_note += " (min loss scale)"
-        lines.append(f"| {r.method} | {r.init} | {r.updates} | {r.overflows} | {_fmt(r.min_loss_scale, 'g')} | "
+        lines.append(f"| {r.method} | {r.init} | {r.updates} / {r.asked_updates or '?'} | {r.overflows} | "
+                     f"{_fmt(r.min_loss_scale, 'g')} | "
                      f"{_fmt(r.final_loss_scale, 'g')} | {_fmt(r.final_loss)} | {'yes' if r.nan else 'no'} | "
                      f"{exit_note} |")
     return "\n".join(lines) + "\n"
 
 
+def merge(paths: list[str], out: Path) -> int:
+    """Combine the runs of several ``fp16_runs.json`` files (e.g. runs split over processes) into one table."""
+    results: list[RunResult] = []
+    settings: dict[str, Any] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        settings = settings or data["settings"]
+        for r in data["runs"]:
+            run = RunResult(**r)
+            run.asked_updates = run.asked_updates or int(data["settings"]["updates"])
+            results.append(run)
+    order = {name: i for i, name in enumerate(RUN_NAMES)}
+    results.sort(key=lambda r: order.get(r.name, len(order)))
+    a = argparse.Namespace(**settings)
+    a.updates = "/".join(sorted({str(r.asked_updates) for r in results}))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fp16_runs.json").write_text(json.dumps({"settings": settings, "merged_from": paths,
+                                                    "runs": [asdict(r) for r in results]}, indent=1) + "\n")
+    (out / "fp16_runs.md").write_text(markdown(results, a))
+    print(markdown(results, a))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--merge"]:
+        if len(argv) < 4 or "--out" not in argv:
+            raise SystemExit("usage: --merge A.json B.json ... --out DIR")
+        i = argv.index("--out")
+        return merge(argv[1:i], Path(argv[i + 1]))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="prepared ST data dir (manifests + config.yaml)")
     p.add_argument("--config-yaml", default="config.yaml")

@@ -246,15 +246,17 @@ def train_run(a: argparse.Namespace, name: str, data: Path, extra: list[str]) ->
 
 # ---------------------------------------------------------------------------------------------------------------
 def tensor_groups(ckpt: Path, quant_modules: list[str]) -> dict[str, int]:
-    """Bytes of the model tensors by part (each storage counted once, so a tied embedding counts once)."""
+    """Bytes of the model tensors by part, each storage counted once. The 250k-row embedding is one tensor shared by
+    the text encoder's input, the decoder's input and the (tied) output projection; it counts as the decoder's."""
     import torch
 
     import cress_bitnet  # noqa: F401
 
     model = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["model"]
     seen: set[tuple[int, int]] = set()
-    parts = {"decoder_quantized_linears": 0, "decoder_other": 0, "decoder_embedding": 0, "encoder_text": 0,
+    parts = {"decoder_quantized_linears": 0, "decoder_other": 0, "shared_embedding": 0, "encoder_text": 0,
              "hubert": 0, "whole_model": 0}
+    shared = ("encoder.embed_tokens.", "decoder.embed_tokens.", "decoder.output_projection.")
     for key, t in model.items():
         ident = (t.untyped_storage().data_ptr(), t.storage_offset())
         if ident in seen:
@@ -264,38 +266,38 @@ def tensor_groups(ckpt: Path, quant_modules: list[str]) -> dict[str, int]:
         parts["whole_model"] += nbytes
         if any(key.startswith(m + ".") for m in quant_modules):
             parts["decoder_quantized_linears"] += nbytes
-        elif key.startswith(("decoder.embed_tokens", "decoder.output_projection")):
-            parts["decoder_embedding"] += nbytes
+        elif key.startswith(shared):
+            parts["shared_embedding"] += nbytes
         elif key.startswith("decoder."):
             parts["decoder_other"] += nbytes
         elif key.startswith("encoder.hubert_model."):
             parts["hubert"] += nbytes
         else:
             parts["encoder_text"] += nbytes
-    parts["whole_decoder"] = parts["decoder_quantized_linears"] + parts["decoder_other"] + parts["decoder_embedding"]
-    parts["whole_decoder_without_embedding"] = parts["decoder_quantized_linears"] + parts["decoder_other"]
+    parts["decoder_layers"] = parts["decoder_quantized_linears"] + parts["decoder_other"]
+    parts["whole_decoder"] = parts["decoder_layers"] + parts["shared_embedding"]
     return parts
 
 
 def export_sizes(a: argparse.Namespace, svcd_ckpt: Path, fp_ckpt: Path) -> dict[str, Any]:
-    packed = a.out / "runs" / "svcd_packed.pt"
-    sizes_json = a.out / "runs" / "svcd_packed.sizes.json"
-    r = run([sys.executable, "-m", "cress_bitnet.export", str(svcd_ckpt), str(packed), "--json", str(sizes_json)],
-            a.out / "logs" / "export.log")
-    report = json.loads(sizes_json.read_text())
-    modules = [m["name"] for m in report.get("modules", [])]
-    fp32 = tensor_groups(fp_ckpt, modules)
-    return {
-        "export_wall_s": r["wall_s"],
-        "export_peak_rss_bytes": r["peak_rss_bytes"],
-        "report": {k: v for k, v in report.items() if k != "modules"},
-        "quantized_modules": len(modules),
-        "fp32": fp32,
-        "fp16": {k: v // 2 for k, v in fp32.items()},
-        "packed": tensor_groups(packed, modules),
-        "files": {"fp": fp_ckpt.stat().st_size, "svcd": svcd_ckpt.stat().st_size, "packed": packed.stat().st_size},
-        "packed_checkpoint": str(packed),
-    }
+    """Export twice (rest fp32, and ``--fp16-rest``) and tabulate the parts against the FP model in fp32/fp16."""
+    out: dict[str, Any] = {"files": {"fp": fp_ckpt.stat().st_size, "svcd": svcd_ckpt.stat().st_size}}
+    modules: list[str] = []
+    for name, extra in (("packed", []), ("packed_fp16_rest", ["--fp16-rest"])):
+        path = a.out / "runs" / f"svcd_{name}.pt"
+        sizes_json = a.out / "runs" / f"svcd_{name}.sizes.json"
+        r = run([sys.executable, "-m", "cress_bitnet.export", str(svcd_ckpt), str(path), "--json", str(sizes_json),
+                 *extra], a.out / "logs" / f"export_{name}.log")
+        report = json.loads(sizes_json.read_text())
+        modules = [m["name"] for m in report.get("modules", [])]
+        out[name] = tensor_groups(path, modules)
+        out["files"][name] = path.stat().st_size
+        out[f"{name}_export"] = {"wall_s": r["wall_s"], "peak_rss_bytes": r["peak_rss_bytes"],
+                                 "report": {k: v for k, v in report.items() if k != "modules"}}
+    out["quantized_modules"] = len(modules)
+    out["fp32"] = tensor_groups(fp_ckpt, modules)
+    out["fp16"] = {k: v // 2 for k, v in out["fp32"].items()}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -455,12 +457,15 @@ def markdown(res: dict[str, Any]) -> str:
         out.append("")
     if "sizes" in res:
         z = res["sizes"]
-        out += ["## Sizes (MiB of tensor data; packed = `cress_bitnet.export`, SVCD on the whole decoder)", "",
-                "| part | fp32 | fp16 | packed |", "|---|---:|---:|---:|"]
-        for part in ("decoder_quantized_linears", "decoder_other", "decoder_embedding",
-                     "whole_decoder_without_embedding", "whole_decoder", "encoder_text", "hubert", "whole_model"):
-            out.append(f"| {part} | {_mb(z['fp32'][part])} | {_mb(z['fp16'][part])} | {_mb(z['packed'][part])} |")
-        out += ["", "Files (MiB): " + ", ".join(f"{k} {_mb(v)}" for k, v in z["files"].items()) + ".", ""]
+        out += ["## Sizes (MiB of tensor data; packed = `cress_bitnet.export` of SVCD on the whole decoder)", "",
+                "| part | fp32 | fp16 | packed (rest fp32) | packed (rest fp16) |", "|---|---:|---:|---:|---:|"]
+        for part in ("decoder_quantized_linears", "decoder_other", "decoder_layers", "shared_embedding",
+                     "whole_decoder", "encoder_text", "hubert", "whole_model"):
+            out.append(f"| {part} | {_mb(z['fp32'][part])} | {_mb(z['fp16'][part])} | {_mb(z['packed'][part])} | "
+                       f"{_mb(z['packed_fp16_rest'][part])} |")
+        out += ["", "shared_embedding: the 250,001 × 768 table used by the text encoder, the decoder input and the "
+                "tied output projection (not quantized).",
+                "Files (MiB): " + ", ".join(f"{k} {_mb(v)}" for k, v in z["files"].items()) + ".", ""]
     if "decode" in res:
         out += ["## Decoding (fairseq-generate)", "",
                 "| model | batch | sentences | tokens | generate s | process wall s | tokens/s | RTF | decoder share | "
@@ -509,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     a.utterances = a.utterances or (3 if a.quick else 8)
     a.max_len = a.max_len or (20 if a.quick else 50)
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
+    stages = {"load", "train", "export", "decode", "projection"}
+    if skip - stages:
+        p.error(f"--skip: unknown stage(s) {sorted(skip - stages)}; choose from {sorted(stages)}")
     if a.device == "cuda":
         import torch
 
@@ -523,6 +531,15 @@ def main(argv: list[str] | None = None) -> int:
                                         "utterances": a.utterances, "max_len": a.max_len, "beam": a.beam,
                                         "batch_size": a.batch_size, "threads": a.threads or "default",
                                         "base_dir": str(base)}}
+    previous = a.out / "real_scale.json"
+    if skip and previous.is_file():  # a partial rerun keeps the earlier results of the stages it skips
+        old = json.loads(previous.read_text())
+        keys = {"load": ["load"], "train": ["train"], "export": ["sizes"], "decode": ["decode", "decode_audio_s"],
+                "projection": ["projection"]}
+        for stage_name in skip:
+            for key in keys.get(stage_name, []):
+                if key in old:
+                    res[key] = old[key]
     t_start = time.perf_counter()
 
     def save() -> None:
