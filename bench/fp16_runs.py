@@ -172,6 +172,8 @@ def run_one(a: argparse.Namespace, run: tuple[str, str, str, list[str]]) -> RunR
     save = Path(a.out) / "save" / name.replace(":", "_")
     cmd = [sys.executable, "-m", "fairseq_cli.train", *train_args(a, run, save)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if a.threads:
+        env["OMP_NUM_THREADS"] = str(a.threads)
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=a.timeout)
     log = proc.stdout + proc.stderr
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp16-flag", choices=["--fp16", "--memory-efficient-fp16"], default="--fp16")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1),
+                   help="OMP_NUM_THREADS per run (default $OMP_NUM_THREADS or 1, as the demo; 0: torch's default)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     a = p.parse_args(argv)
     a.cpu = a.device == "cpu"

@@ -506,8 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-len", type=int, help="hypothesis length in tokens (quick 20, full 50)")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=2, help="training batch in utterances")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
-                   help="OMP_NUM_THREADS for the subprocesses (0: torch's default)")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1),
+                   help="OMP_NUM_THREADS for the subprocesses (default: $OMP_NUM_THREADS or 1, as the demo: on a "
+                   "shared CPU two OpenMP threads wait on each other; 0: torch's default)")
     p.add_argument("--skip", default="", help="comma separated stages to skip: load,train,export,decode,projection")
     a = p.parse_args(argv)
     a.updates = a.updates or (2 if a.quick else 10)
