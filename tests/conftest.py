@@ -145,3 +145,17 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     else:
         monkeypatch.delenv(kernels.FORCE_FALLBACK_ENV, raising=False)
     return request.param
+
+
+@pytest.fixture(scope="session")
+def base_ckpts(toy: ToyData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real-size HuBERT Base + DeltaLM-base files (random weights, ~2.6 GB), their dict.txt and spm.model; the spm's
+    real pieces are learnt from the toy corpus text, and the toy data dir gets a config_deltalm.yaml using them."""
+    out = tmp_path_factory.mktemp("base_ckpts")
+    txt = toy.mustc_root / f"en-{TGT}" / "data" / "train" / "txt"
+    run_tool([sys.executable, "-m", "data_prep.make_base_checkpoints", "--out", str(out),
+              "--text", str(txt / "train.en"), "--text", str(txt / f"train.{TGT}")], timeout=1200)
+    from data_prep.make_base_checkpoints import write_deltalm_data_config
+
+    write_deltalm_data_config(toy.st_dir, out)
+    return out
