@@ -30,6 +30,7 @@ from cress_bitnet.checkpoints.formats import (
     register_format,
     registered_formats,
     rewrite_weights,
+    unregister_format,
     upgrade_to_native,
 )
 from cress_bitnet.checkpoints.safe import (
@@ -47,5 +48,5 @@ __all__ = [
     "UNSAFE_ENV", "CheckpointError", "audio_standardization", "CheckpointFormat", "UpgradeReport", "detect_format",
     "explain_load_error", "find_format", "get_format", "last_upgrade", "load_checkpoint", "refuse_unsafe_environment",
     "register_format", "register_safe_globals", "registered_formats", "rewrite_weights", "safe_globals", "saved_arch",
-    "saved_model_args", "seed_svcd_record", "upgrade_to_native",
+    "saved_model_args", "seed_svcd_record", "unregister_format", "upgrade_to_native",
 ]

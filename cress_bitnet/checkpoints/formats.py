@@ -124,6 +124,11 @@ def register_format(fmt: CheckpointFormat, *, replace: bool = False) -> Checkpoi
     return fmt
 
 
+def unregister_format(name: str) -> CheckpointFormat | None:
+    """Remove a format (tests, or a plugin replacing a built-in entry); returns it, or None if it was not there."""
+    return _FORMATS.pop(name, None)
+
+
 def registered_formats() -> list[CheckpointFormat]:
     """Formats in the order they are tried: highest priority first, then registration order."""
     ordered = list(_FORMATS.values())
