@@ -46,6 +46,7 @@ QUANT_ARCHS = ("quant_transformer", "quant_transformer_postln")
 _BITLINEAR_MARK = re.compile(r"^(decoder\.layers\.\d+\.[\w.]+)\.(g|h|norm\.weight)$")
 
 _FLOAT_TENSOR = "sinusoidal-position buffer written by fairseq <= 0.12.2 (no weights; rebuilt on load)"
+_PRETRAINING_ONLY = "HuBERT pretraining-only tensor, unused by speech translation"
 _LABEL_EMBS = ("HuBERT pretraining label embeddings (CRESS builds HuBERT with its k-means label dictionaries); "
                "only the pretraining loss uses them")
 
@@ -70,7 +71,7 @@ def _hubert_keys(keys: Iterable[str]) -> KeyMap:
     renames, dropped = {}, {}
     for key in keys:
         if key.startswith(PRETRAINING_ONLY_PREFIXES):
-            dropped[key] = "HuBERT pretraining-only tensor, unused by speech translation"
+            dropped[key] = _PRETRAINING_ONLY
         else:
             renames[key] = key
     return renames, dropped
@@ -183,10 +184,8 @@ def _is_native_st(state: Mapping[str, Any]) -> bool:
 def _foreign_st_keys(keys: Iterable[str]) -> KeyMap:
     renames, dropped = {}, {}
     for key in keys:
-        if key == HUBERT_PREFIX + "label_embs_concat":
-            dropped[key] = _LABEL_EMBS
-        elif key.startswith(HUBERT_PREFIX) and key[len(HUBERT_PREFIX):].startswith(PRETRAINING_ONLY_PREFIXES):
-            dropped[key] = "HuBERT pretraining-only tensor, unused by speech translation"
+        if key.startswith(HUBERT_PREFIX) and key[len(HUBERT_PREFIX):].startswith(PRETRAINING_ONLY_PREFIXES):
+            dropped[key] = _LABEL_EMBS if key.endswith("label_embs_concat") else _PRETRAINING_ONLY
         elif key.endswith("._float_tensor"):
             dropped[key] = _FLOAT_TENSOR
         else:
