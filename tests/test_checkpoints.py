@@ -75,8 +75,9 @@ def test_a_new_format_is_one_registry_entry(toy_format: CheckpointFormat, tmp_pa
     report = upgrade_to_native(state, tmp_path / "toy.pt")
     assert list(state["model"]) == ["new.w"] and report.dropped == {"junk": "not needed"}
     assert report.renamed == {"old.w": "new.w"}
-    with pytest.raises(CheckpointError, match=r"toy\.pt: is a toy speech-translation checkpoint \(arch toy_v2\), "
-                                              r"not usable as --hubert-model-path; pass it to fairseq-generate --path"):
+    with pytest.raises(CheckpointError, match=r"toy\.pt: is a toy speech-translation checkpoint \(arch toy_v2\), not "
+                                              r"a HuBERT checkpoint as --hubert-model-path needs; pass it to "
+                                              r"fairseq-generate --path"):
         detect_format(state, tmp_path / "toy.pt", role="hubert", flag="--hubert-model-path")
     with pytest.raises(ValueError, match="already registered"):
         register_format(toy_format)

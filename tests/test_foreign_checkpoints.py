@@ -130,6 +130,22 @@ def test_fairseq_load_path_gives_the_native_outputs(toy: ToyData, fp_checkpoint:
     assert torch.equal(_teacher_forced(cress, batch), _teacher_forced(native, batch))
 
 
+def test_cress_checkpoint_initialises_the_text_model(toy: ToyData, fp_checkpoint: Path,
+                                                    foreign_checkpoints: dict[str, Path]) -> None:
+    """--load-pretrained-mt-encoder-decoder-from: CRESS's MT stages save this same model; their files are MT inits."""
+    built = {}
+    for kind, path in (("native", fp_checkpoint), ("cress", foreign_checkpoints["cress"])):
+        task, args = _task(toy, "--layernorm-embedding", "--hubert-model-path", str(toy.hubert),
+                           "--load-pretrained-mt-encoder-decoder-from", str(path))
+        model = task.build_model(args)
+        built[kind] = (model.state_dict(), model.mt_load_report)
+    (native, native_report), (cress, cress_report) = built["native"], built["cress"]
+    assert (native_report.fmt, cress_report.fmt) == ("hubert_transformer", "cress")
+    assert cress_report.loaded == native_report.loaded and not cress_report.missing and not cress_report.unexpected
+    text = [k for k in native if not k.startswith(("encoder.hubert_model.", "encoder.subsampler."))]
+    assert len(text) > 40 and all(torch.equal(cress[k], native[k]) for k in text)
+
+
 # ---------------------------------------------------------------- waveform standardization follows the checkpoint
 
 
@@ -193,3 +209,14 @@ def test_cress_checkpoint_restores_with_restore_file(toy: ToyData, foreign_check
     assert saved["optimizer_history"][-1]["num_updates"] == 5
     assert getattr(saved["cfg"]["model"], STANDARDIZED_AUDIO_ARG) is True
     assert "encoder.hubert_model.label_embs_concat" not in saved["model"]
+
+
+def test_onebit_st_arch_names_are_registered() -> None:
+    from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+
+    for name, pre_ln in (("hubert_transformer_pruning_layer", True),
+                         ("hubert_transformer_pruning_layer_postln", False)):
+        assert ARCH_MODEL_REGISTRY[name].__name__ == "HubertTransformerModel"
+        args = Namespace()
+        ARCH_CONFIG_REGISTRY[name](args)
+        assert (args.encoder_normalize_before, args.decoder_normalize_before) == (pre_ln, pre_ln)

@@ -231,7 +231,7 @@ def test_mt_checkpoint_given_as_hubert(tmp_path: Path) -> None:
         load_hubert(path)
     msg = str(err.value)
     assert str(path) in msg
-    assert "is a fairseq MT checkpoint (arch transformer), not usable as --hubert-model-path" in msg
+    assert "is a fairseq MT checkpoint (arch transformer), not a HuBERT checkpoint" in msg
     assert "--load-pretrained-mt-encoder-decoder-from" in msg
 
 

@@ -33,6 +33,12 @@ ROLE_FLAGS = {
     "st": "fairseq-generate --path, --restore-file, --pretrained-st-checkpoint or --kd-teacher",
 }
 
+ROLE_NOUNS = {
+    "hubert": "a HuBERT checkpoint",
+    "mt": "an MT checkpoint",
+    "st": "a hubert_transformer speech-translation checkpoint (ours, CRESS's or onebit-st's)",
+}
+
 KeyMap = tuple[dict[str, str], dict[str, str]]  # ({our key: the file's key}, {the file's key: why it is dropped})
 
 
@@ -171,8 +177,8 @@ def detect_format(state: Mapping[str, Any], path: str | os.PathLike, *, role: st
     if role is not None and role not in fmt.roles:
         where = " or ".join(ROLE_FLAGS[r] for r in sorted(fmt.roles))
         arch = fmt.implied_arch(state)
-        raise CheckpointError(f"{path}: is {fmt.description}{f' (arch {arch})' if arch else ''}, not usable{wanted}; "
-                              f"pass it to {where}")
+        raise CheckpointError(f"{path}: is {fmt.description}{f' (arch {arch})' if arch else ''}, not "
+                              f"{ROLE_NOUNS[role]}{wanted} needs; pass it to {where}")
     return fmt
 
 
