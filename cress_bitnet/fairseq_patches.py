@@ -96,7 +96,9 @@ def patch_trainer_restore() -> None:
             result = original(self, filename, reset_optimizer, *args, **kwargs)
         except Exception as err:
             report = last_upgrade(filename)
-            if report is not None and report.dropped and not reset_optimizer:
+            # torch: "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+            optimizer_mismatch = "parameter group" in str(err)
+            if report is not None and report.dropped and optimizer_mismatch and not reset_optimizer:
                 raise CheckpointError(
                     f"{filename} ({report.format.description}): cannot restore its optimizer state: it holds state for "
                     f"tensors this plugin does not build ({', '.join(report.dropped)}); pass --reset-optimizer "
