@@ -3,7 +3,7 @@
 The SVCD paper (and its README) claims the constraint initialisation of g/h keeps fp16 training stable where the
 unconstrained initialisation and BitNet overflow. This runner fine-tunes one trained FP ``hubert_transformer``
 checkpoint under ``fairseq-train --fp16`` (fairseq's FP16Optimizer: fp16 model, fp32 master copy, dynamic loss
-scaling; on a CPU through the plugin's patch in ``cress_bitnet.fairseq_fp16``) once per method × init, with the
+scaling; on a CPU through the plugin's patch in ``cress_bitnet.fairseq_patches``) once per method × init, with the
 same data, batch, learning rate and number of updates, and records per update the loss, the loss scale, gradient
 overflows and NaN/inf losses from fairseq's JSON log.
 

@@ -115,6 +115,20 @@ def fp_checkpoint(toy: ToyData, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return save / "checkpoint_last.pt"
 
 
+@pytest.fixture(scope="session")
+def foreign_checkpoints(toy: ToyData, fp_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``fp_checkpoint``'s weights in CRESS's, onebit-st's FP baseline and onebit-st's SVCD on-disk formats."""
+    from foreign_checkpoints import make_cress_checkpoint, make_onebit_svcd_checkpoint
+
+    out = tmp_path_factory.mktemp("foreign")
+    return {
+        "cress": make_cress_checkpoint(fp_checkpoint, out / "cress_checkpoint20.pt", toy.hubert),
+        "onebit_fp": make_cress_checkpoint(fp_checkpoint, out / "onebit_fp.pt", toy.hubert,
+                                           arch="hubert_transformer_pruning_layer"),
+        "onebit_svcd": make_onebit_svcd_checkpoint(fp_checkpoint, out / "onebit_svcd.pt", toy.hubert),
+    }
+
+
 def quant_train_args(toy: ToyData, fp: Path, save_dir: Path, *extra: str) -> list[str]:
     """fairseq-train arguments for quant_transformer on the toy data (architecture comes from ``fp``)."""
     return [

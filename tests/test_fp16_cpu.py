@@ -1,7 +1,7 @@
 """Issue 15 item 4: fairseq's --fp16 and --memory-efficient-fp16 training paths run on a CPU.
 
 fairseq's FP16Optimizer flattens its fp32 master copy on ``torch.cuda.current_device()``; the plugin's patch
-(``cress_bitnet.fairseq_fp16``) builds it on the CPU instead. These runs go through ``fairseq-train`` itself.
+(``cress_bitnet.fairseq_patches``) builds it on the CPU instead. These runs go through ``fairseq-train`` itself.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from conftest import ToyData, fairseq, output, quant_train_args
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 
 import cress_bitnet  # noqa: F401  (installs the patch)
-from cress_bitnet.fairseq_fp16 import flat_fp32_master
+from cress_bitnet.fairseq_patches import flat_fp32_master
 
 
 def test_flat_master_is_a_cpu_copy_keyed_like_fairseqs_sync() -> None:

@@ -24,12 +24,18 @@ from typing import Any
 
 import torch
 
-from cress_bitnet.checkpoints import CheckpointError, load_checkpoint
+from cress_bitnet.checkpoints import (
+    PRETRAINING_ONLY_PREFIXES,
+    CheckpointError,
+    CheckpointFormat,
+    detect_format,
+    find_format,
+    load_checkpoint,
+    saved_arch,
+    saved_model_args,
+)
 
 logger = logging.getLogger(__name__)
-
-# Tensors that only the pretraining loss uses; an ST model never needs them.
-PRETRAINING_ONLY_PREFIXES = ("label_embs_concat", "final_proj.", "target_glu.")
 
 # Encoder regularisers a user may override when fine-tuning (None keeps the checkpoint's value). CRESS keeps them all,
 # so the pretraining values (layerdrop 0.05, feature_grad_mult 0.1, ...) stay active unless overridden.
@@ -42,9 +48,6 @@ OVERRIDABLE = (
     "dropout_input",
     "dropout_features",
 )
-
-_MT_ARCH_HINTS = ("transformer", "bart", "mbart", "deltalm", "lstm", "fconv", "lightconv")
-
 
 def _hubert_classes() -> tuple[type, type, type]:
     from fairseq.models.hubert.hubert import HubertConfig, HubertModel
@@ -109,55 +112,33 @@ def _section(source: Any, dataclass_type: type) -> dict[str, Any]:
     return out
 
 
-def _model_name(state: Mapping[str, Any]) -> tuple[str | None, Any, Any]:
-    """Return (model name, model config source, task config source) for either checkpoint layout."""
-    args = state.get("args")
-    if args is not None:
-        return getattr(args, "arch", None), args, args
+def _task_section(state: Mapping[str, Any]) -> Any:
+    """HuBERT's task config: the legacy ``args`` Namespace (model and task share it) or ``cfg["task"]``."""
+    if isinstance(state.get("args"), argparse.Namespace):
+        return state["args"]
     cfg = state.get("cfg")
-    if cfg is None:
-        return None, None, None
-    model = cfg.get("model") if isinstance(cfg, Mapping) else getattr(cfg, "model", None)
-    task = cfg.get("task") if isinstance(cfg, Mapping) else getattr(cfg, "task", None)
-    if model is None:
-        return None, None, task
-    if isinstance(model, Mapping):
-        name = model.get("_name") or model.get("arch")
-    else:
-        name = getattr(model, "_name", None) or getattr(model, "arch", None)
-    return name, model, task
+    return cfg.get("task") if isinstance(cfg, Mapping) else getattr(cfg, "task", None)
 
 
-def _check_kind(path: str, state: Mapping[str, Any], flag: str) -> tuple[Any, Any]:
-    """Reject files that are not pretrained HuBERT checkpoints, saying what they are and where they belong."""
-    if "model" not in state:
-        if isinstance(state.get("weights"), Mapping):
-            keys = list(state["weights"].keys())
-            if any(k.startswith(("src_embedding.", "tgt_embedding.", "decoder.layers.")) for k in keys):
-                raise CheckpointError(
-                    f"{path}: is a DeltaLM pretrained checkpoint ({{'weights': ...}} with {len(keys)} tensors such as "
-                    f"'{keys[0]}'), not a HuBERT checkpoint; DeltaLM weights initialise the text encoder/decoder and "
-                    f"cannot be given as {flag}"
-                )
-        raise CheckpointError(
-            f"{path}: is not a fairseq checkpoint (no 'model' entry; top-level keys {sorted(state)[:8]}), "
-            f"expected a HuBERT checkpoint for {flag}"
-        )
-    name, model_src, task_src = _model_name(state)
-    keys = list(state["model"].keys()) if isinstance(state["model"], Mapping) else []
-    if name == "hubert":
+def _check_kind(path: str, state: Mapping[str, Any], flag: str) -> tuple[CheckpointFormat, Any, Any]:
+    """Accept only pretrained HuBERT checkpoints; anything else is refused saying what it is and where it belongs."""
+    fmt = find_format(state)
+    if fmt is not None:
+        detect_format(state, path, role="hubert", flag=flag)  # raises for MT, DeltaLM and ST checkpoints
+        task_src = _task_section(state)
         if task_src is None:
             raise CheckpointError(f"{path}: HuBERT checkpoint without a task config ('args' or 'cfg.task')")
-        return model_src, task_src
-    has_mt_layout = any(k.startswith("encoder.layers.") for k in keys) and any(k.startswith("decoder.") for k in keys)
-    if has_mt_layout or (name is not None and any(h in str(name) for h in _MT_ARCH_HINTS)):
-        raise CheckpointError(
-            f"{path}: is a fairseq MT checkpoint (arch {name}), not a HuBERT checkpoint; pass it to "
-            "--load-pretrained-mt-encoder-decoder-from"
-        )
+        return fmt, saved_model_args(state), task_src
+    name = saved_arch(state)
+    keys = list(state["model"].keys()) if isinstance(state.get("model"), Mapping) else []
     if name is None and any(k.startswith("feature_extractor.conv_layers.") for k in keys):
         raise CheckpointError(
             f"{path}: has HuBERT-like weights but no 'args' or 'cfg' to rebuild the architecture from ({flag})"
+        )
+    if "model" not in state:
+        raise CheckpointError(
+            f"{path}: is not a fairseq checkpoint (no 'model' entry; top-level keys {sorted(state)[:8]}), "
+            f"expected a HuBERT checkpoint for {flag}"
         )
     raise CheckpointError(
         f"{path}: is a '{name}' checkpoint, not a pretrained HuBERT checkpoint (arch hubert) as {flag} requires"
@@ -242,7 +223,7 @@ def load_hubert(
     """
     path = str(path)
     state = load_checkpoint(path, what="HuBERT checkpoint", flag=flag)
-    model_src, task_src = _check_kind(path, state, flag)
+    fmt, model_src, task_src = _check_kind(path, state, flag)
     model_state = state["model"]
     _check_finite(path, model_state)
     overrides = {
@@ -260,7 +241,8 @@ def load_hubert(
     except Exception as err:  # noqa: BLE001 - a bad config is reported against the file it came from
         raise CheckpointError(f"{path}: cannot build HubertModel from its config: {err}") from err
 
-    weights = {k: v for k, v in model_state.items() if not k.startswith(PRETRAINING_ONLY_PREFIXES)}
+    renames, _ = fmt.map_keys(list(model_state))  # drops the pretraining-only tensors
+    weights = {ours: model_state[theirs] for ours, theirs in renames.items()}
     own = {k for k in model.state_dict() if not k.startswith(PRETRAINING_ONLY_PREFIXES)}
     missing = sorted(own - set(weights))
     unexpected = sorted(set(weights) - own)

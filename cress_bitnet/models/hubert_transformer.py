@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from argparse import ArgumentParser, Namespace
 from typing import Any
 
@@ -26,6 +27,7 @@ from fairseq.models.transformer import TransformerDecoder
 from fairseq.modules import FairseqDropout, LayerNorm, PositionalEmbedding, TransformerEncoderLayer
 from torch import Tensor, nn
 
+from cress_bitnet.checkpoints import HUBERT_FLAG_HINT, STANDARDIZED_AUDIO_ARG, CheckpointError
 from cress_bitnet.models.deltalm_decoder import DeltaLMDecoder
 from cress_bitnet.models.hubert_loader import build_hubert_from_cfg, hubert_output_dim, load_hubert
 from cress_bitnet.models.pretrained_mt import load_pretrained_mt
@@ -162,6 +164,11 @@ class HubertTransformerModel(FairseqEncoderDecoderModel):
             return build_hubert_from_cfg(json.loads(args.hubert_cfg))
         if not args.hubert_model_path:
             raise ValueError("--hubert-model-path is required to build a hubert_transformer model")
+        if not os.path.isfile(args.hubert_model_path):  # CRESS-style args name a file from the training machine
+            raise CheckpointError(
+                f"HuBERT checkpoint not found: {args.hubert_model_path} (given by --hubert-model-path); the model args "
+                f"hold no HuBERT architecture to build it from without that file: {HUBERT_FLAG_HINT}"
+            )
         hubert, hubert_cfg = load_hubert(
             args.hubert_model_path,
             dropout=args.hubert_dropout,
@@ -242,8 +249,7 @@ def hubert_transformer_base(args: Namespace) -> None:
     default("freeze_hubert", False)
     for name in ("hubert_dropout", "hubert_attention_dropout", "hubert_activation_dropout", "hubert_layerdrop",
                  "hubert_feature_grad_mult", "hubert_dropout_input", "hubert_dropout_features", "hubert_cfg",
-                 "hubert_model_path",
-                 "load_pretrained_mt_encoder_decoder_from"):
+                 "hubert_model_path", "load_pretrained_mt_encoder_decoder_from", STANDARDIZED_AUDIO_ARG):
         default(name, None)
     default("max_source_positions", 512)
     default("max_target_positions", 512)
@@ -258,6 +264,7 @@ ARCH_FIELDS = (
     "share_decoder_input_output_embed", "share_all_embeddings", "layernorm_embedding", "no_scale_embedding",
     "no_token_positional_embeddings", "adaptive_input", "adaptive_softmax_cutoff", "conv_kernel_sizes",
     "conv_channels", "max_source_positions", "max_target_positions", "hubert_cfg",
+    STANDARDIZED_AUDIO_ARG,  # not structure, but what the weights expect as input
 )
 # Training-time settings inherited from the checkpoint unless given on the command line.
 TRAINING_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "decoder_layerdrop", "freeze_hubert")
@@ -279,6 +286,12 @@ def hubert_transformer_postln(args: Namespace) -> None:
 def hubert_transformer_pruning_layer(args: Namespace) -> None:
     """The original SVCD baseline recipe's name for the (pre-LN) CRESS model."""
     hubert_transformer_base(args)
+
+
+@register_model_architecture("hubert_transformer", "hubert_transformer_pruning_layer_postln")
+def hubert_transformer_pruning_layer_postln(args: Namespace) -> None:
+    """onebit-st's post-LN baseline name (= hubert_transformer_postln)."""
+    hubert_transformer_postln(args)
 
 
 @register_model_architecture("hubert_transformer", "hubert_deltalm_base")

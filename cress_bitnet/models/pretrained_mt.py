@@ -5,9 +5,10 @@ silently loads no encoder layer (``encoder.layers.N`` vs ``encoder.transformer_l
 ignored. Here every format has a key map, the result is reported (loaded / missing / unexpected), and a missing file,
 a shape mismatch or a dictionary-size mismatch is an error.
 
-Formats: a plain fairseq MT checkpoint (``encoder.layers.*``, also fine-tuned DeltaLM saved by fairseq), a
-``hubert_transformer`` / CRESS checkpoint (``encoder.transformer_layers.*``), and a pretrained DeltaLM file
-(``{"weights": ...}`` with ``src_embedding.* / tgt_embedding.* / ffn_1 / ffn_2`` names).
+Formats and their key maps come from the checkpoint registry (:mod:`cress_bitnet.checkpoints`): a plain fairseq MT
+checkpoint (``encoder.layers.*``, also fine-tuned DeltaLM saved by fairseq), a ``hubert_transformer`` / CRESS
+checkpoint (``encoder.transformer_layers.*``), and a pretrained DeltaLM file (``{"weights": ...}`` with
+``src_embedding.* / tgt_embedding.* / ffn_1 / ffn_2`` names).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cress_bitnet.checkpoints import CheckpointError, load_checkpoint
+from cress_bitnet.checkpoints import CheckpointError, CheckpointFormat, detect_format, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -49,54 +50,17 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def detect_format(state: dict, path: str) -> str:
-    if "weights" in state and isinstance(state["weights"], dict):
-        return "deltalm"
-    model = state.get("model")
-    if not isinstance(model, dict):
-        raise CheckpointError(f"{path} ({FLAG}): no 'model' or 'weights' state dict inside; not an MT checkpoint")
-    keys = list(model)
-    if any(k.startswith("feature_extractor.") or k == "mask_emb" for k in keys):
-        raise CheckpointError(
-            f"{path} ({FLAG}): this is a HuBERT checkpoint, not an MT checkpoint; pass it to --hubert-model-path"
-        )
-    if any(k.startswith("encoder.transformer_layers.") for k in keys):
-        return "hubert_transformer"
-    if any(k.startswith("encoder.layers.") or k.startswith("decoder.layers.") for k in keys):
-        return "fairseq_transformer"
-    raise CheckpointError(f"{path} ({FLAG}): no encoder/decoder layers found; not a translation checkpoint")
-
-
 Mapped = dict[str, tuple[str, torch.Tensor]]  # model key -> (checkpoint key, tensor)
 
 
-def _map_fairseq(model_state: dict[str, torch.Tensor], fmt: str) -> Mapped:
-    out = {}
-    for orig, value in model_state.items():
-        if orig.startswith(_SPEECH_PREFIXES) or _DROP.search(orig):
-            continue
-        key = orig
-        if fmt == "fairseq_transformer" and key.startswith("encoder.layers."):
-            key = "encoder.transformer_layers." + key[len("encoder.layers."):]
-        out[key] = (orig, value)
-    return out
-
-
-def _map_deltalm(weights: dict[str, torch.Tensor]) -> Mapped:
-    """unilm's renames: ffn_1.fc{1,2} → fc{3,4}, ffn_2. and ffn. dropped, emb_layer_norm → layernorm_embedding."""
-    out = {}
-    for orig, value in weights.items():
-        key = orig
-        for src, dst in (("src_embedding.", "encoder."), ("tgt_embedding.", "decoder.")):
-            if key.startswith(src):
-                key = dst + key[len(src):]
-        key = key.replace("emb_layer_norm", "layernorm_embedding")
-        key = key.replace(".ffn_1.fc1.", ".fc3.").replace(".ffn_1.fc2.", ".fc4.")
-        key = key.replace(".ffn_2.", ".").replace(".ffn.", ".")
-        if key.startswith("encoder.layers."):
-            key = "encoder.transformer_layers." + key[len("encoder.layers."):]
-        out[key] = (orig, value)
-    return out
+def map_weights(state: dict, path: str) -> tuple[CheckpointFormat, Mapped]:
+    """The MT file's format (from the checkpoint registry) and its tensors under this model's key names."""
+    fmt = detect_format(state, path, role="mt", flag=FLAG)
+    weights = fmt.weights(state)
+    renames, _ = fmt.map_keys(list(weights))  # bookkeeping buffers (version, _float_tensor) are dropped
+    # The speech branch never comes from an MT checkpoint (CRESS skips it the same way); `version` is bookkeeping.
+    return fmt, {ours: (theirs, weights[theirs]) for ours, theirs in renames.items()
+                 if not ours.startswith(_SPEECH_PREFIXES) and not _DROP.search(ours)}
 
 
 def _fit_embedding(key: str, value: torch.Tensor, target: torch.Tensor, path: str, fmt: str) -> torch.Tensor:
@@ -120,8 +84,8 @@ def _fit_embedding(key: str, value: torch.Tensor, target: torch.Tensor, path: st
 def load_pretrained_mt(model: nn.Module, path: str) -> LoadReport:
     """Copy the MT checkpoint's text-encoder and decoder tensors into ``model`` (a hubert_transformer)."""
     state = load_checkpoint(path, what="MT checkpoint", flag=FLAG)
-    fmt = detect_format(state, path)
-    mapped = _map_deltalm(state["weights"]) if fmt == "deltalm" else _map_fairseq(state["model"], fmt)
+    fmt_entry, mapped = map_weights(state, path)
+    fmt = fmt_entry.name
     # The speech branch never comes from an MT checkpoint, and the decoder's `version` buffer is bookkeeping.
     targets = {k: v for k, v in model.state_dict(keep_vars=True).items()
                if not k.startswith(_SPEECH_PREFIXES) and not _DROP.search(k)}

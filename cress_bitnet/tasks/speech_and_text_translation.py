@@ -22,6 +22,7 @@ from fairseq.data import Dictionary, encoders, iterators
 from fairseq.data.audio.multi_modality_dataset import MultiModalityDataset
 from fairseq.tasks import LegacyFairseqTask, register_task
 
+from cress_bitnet.checkpoints import STANDARDIZED_AUDIO_ARG, audio_standardization
 from cress_bitnet.data.data_config import SpeechDataConfig
 from cress_bitnet.data.speech_text_dataset import (
     MT_MODE,
@@ -246,6 +247,7 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
 
     def build_model(self, args: Namespace, from_checkpoint: bool = False):  # noqa: ANN201
         model = super().build_model(args, from_checkpoint)
+        self.follow_checkpoint_audio(args, args)
         if self.args.eval_bleu:
             gen_args = Namespace(**json.loads(self.args.eval_bleu_args or "{}"))
             self.sequence_generator = self.build_generator([model], gen_args)
@@ -254,6 +256,22 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
                 Namespace(tokenizer=self.args.eval_bleu_detok, **detok_args)
             )
         return model
+
+    # ---- waveform standardization follows the checkpoint (cress_bitnet.checkpoints.audio_standardization) ----------
+    def follow_checkpoint_audio(self, saved_args: Namespace | None, model_args: Namespace) -> None:
+        """Feed the waveforms the weights were trained on, and record that choice in the model args being saved."""
+        value = audio_standardization(saved_args, self.data_cfg.standardize_audio, self.data_cfg.path)
+        self.data_cfg.standardize_audio = value
+        for dataset in self.datasets.values():  # e.g. the valid sets fairseq-train loads before --restore-file
+            for part in getattr(dataset, "datasets", [dataset]):
+                if isinstance(part, SpeechTextTripletDataset):
+                    part.standardize_audio = value
+        setattr(model_args, STANDARDIZED_AUDIO_ARG, value)
+        self._model_args = model_args
+
+    def checkpoint_restored(self, report: Any, model: Any) -> None:
+        """Called by cress_bitnet.fairseq_patches after fairseq-train restored ``report.path`` (--restore-file)."""
+        self.follow_checkpoint_audio(report.args, getattr(self, "_model_args", None) or Namespace())
 
     def build_criterion(self, args: Namespace):  # noqa: ANN201
         if self.data_cfg.prepend_tgt_lang_tag and getattr(args, "ignore_prefix_size", 0) != 1:

@@ -6,6 +6,10 @@ an ``argparse.Namespace`` (legacy ``args`` and legacy-arch ``cfg["model"]``), ``
 after ``load_checkpoint_to_cpu``, omegaconf containers. We allow exactly those classes, process-wide, when the plugin is
 imported, so fairseq's own ``torch.load`` calls keep the restricted unpickler. Nothing here ever falls back to full
 pickle: a file that needs another global fails with a message naming the file and the global.
+
+torch honours ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` for every ``torch.load`` that passes no ``weights_only`` -- which is
+every load fairseq makes (trainer restore, ``fairseq-generate``) -- and then unpickles arbitrary code with only a
+warning. :func:`refuse_unsafe_environment` makes that variable an error for every checkpoint read through the plugin.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import functools
 import os
 import pickle
 import re
-import shutil
 import typing
 import zipfile
 from pathlib import Path
@@ -24,8 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from cress_bitnet.fileio import atomic_output
 
 
 class CheckpointError(RuntimeError):
@@ -77,15 +78,16 @@ def register_safe_globals() -> None:
 _GLOBAL_RE = re.compile(r"(?:Unsupported global: GLOBAL\s+|Can only build [^<]*<class ')([\w.]+)")
 
 
-def _explain(path: str | os.PathLike, err: BaseException) -> CheckpointError:
+def explain_load_error(path: str | os.PathLike, err: BaseException) -> CheckpointError:
+    """A :class:`CheckpointError` naming ``path`` and what went wrong (unsafe global, truncation, not a checkpoint)."""
     path = str(path)
     text = str(err)
     match = _GLOBAL_RE.search(text)
     if match:
         return CheckpointError(
             f"{path}: refusing to load, the checkpoint needs the global '{match.group(1)}', which is not in "
-            "cress_bitnet's allowlist of safe checkpoint classes (cress_bitnet/checkpoints.py). Only load it with full "
-            "pickle if you trust the file, and do so explicitly in your own code."
+            "cress_bitnet's allowlist of safe checkpoint classes (cress_bitnet/checkpoints/safe.py). Only load it with "
+            "full pickle if you trust the file, and do so explicitly in your own code."
         )
     first = text.splitlines()[0] if text else type(err).__name__
     readable_zip = os.path.isfile(path) and zipfile.is_zipfile(path)
@@ -99,9 +101,24 @@ def _explain(path: str | os.PathLike, err: BaseException) -> CheckpointError:
     return CheckpointError(f"{path}: could not be loaded: {first}")
 
 
+UNSAFE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+_TRUE = ("1", "y", "yes", "true")  # the spellings torch.serialization accepts
+
+
+def refuse_unsafe_environment(path: str | os.PathLike) -> None:
+    """Refuse to read ``path`` while torch is told to fall back to full pickle (see the module docstring)."""
+    if os.environ.get(UNSAFE_ENV, "0").strip().lower() in _TRUE:
+        raise CheckpointError(
+            f"{path}: refusing to load a checkpoint while {UNSAFE_ENV}={os.environ[UNSAFE_ENV]} is set: it makes torch "
+            "unpickle arbitrary code in fairseq's own checkpoint loads; unset it (cress_bitnet only loads checkpoints "
+            "with weights_only=True and its allowlist)"
+        )
+
+
 def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint", flag: str | None = None) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` with the allowlist, and errors that name the file and the flag."""
     register_safe_globals()
+    refuse_unsafe_environment(path)
     where = f" (given by {flag})" if flag else ""
     p = Path(path)
     if not p.is_file():
@@ -109,68 +126,7 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint", flag: 
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every failure is re-raised with the file named
-        raise _explain(path, err) from err
+        raise explain_load_error(path, err) from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}{where}: expected a dict checkpoint, found {type(state).__name__}")
     return state
-
-
-def _atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
-    """Copy through a temporary file and an atomic rename, so a kill mid-copy never leaves a truncated file."""
-    if os.path.exists(dst_path) and not overwrite:
-        return False
-    with atomic_output(dst_path) as tmp:
-        shutil.copyfile(src_path, tmp)
-    return True
-
-
-def install_fairseq_fixes() -> None:
-    """Crash safety and readable errors for fairseq's own checkpoint handling.
-
-    * fairseq saves ``checkpointN.pt`` atomically but then *copies* it to ``checkpoint_last.pt`` with a plain
-      ``shutil.copyfile``: a SIGKILL during that copy leaves a truncated ``checkpoint_last.pt`` that the next run
-      cannot resume from. Local copies become copy-to-temp + atomic rename.
-    * Trainer restores and fairseq-generate read checkpoints through ``load_checkpoint_to_cpu``; its unpickling and
-      truncation errors are re-raised naming the file (behaviour on success is unchanged).
-    """
-    try:
-        from fairseq.file_io import PathManager
-    except ImportError:  # pragma: no cover
-        return
-    if not getattr(PathManager.copy, "_cress_bitnet_atomic", False):
-        original_copy = PathManager.copy
-
-        def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
-            if PathManager.path_requires_pathmanager(dst_path):
-                return original_copy(src_path, dst_path, overwrite)
-            return _atomic_copy(src_path, dst_path, overwrite)
-
-        copy._cress_bitnet_atomic = True  # type: ignore[attr-defined]
-        PathManager.copy = staticmethod(copy)
-    install_fairseq_load_errors()
-
-
-def install_fairseq_load_errors() -> None:
-    """Make fairseq's own checkpoint reads (trainer restore, fairseq-generate) fail with the file named.
-
-    The wrapper changes no behaviour on success; it only translates unpickling and truncation errors.
-    """
-    try:
-        from fairseq import checkpoint_utils
-    except ImportError:  # pragma: no cover
-        return
-    original = checkpoint_utils.load_checkpoint_to_cpu
-    if getattr(original, "_cress_bitnet_wrapped", False):
-        return
-
-    @functools.wraps(original)
-    def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):  # type: ignore[no-untyped-def]
-        try:
-            return original(path, arg_overrides, load_on_all_ranks)
-        except FileNotFoundError:
-            raise
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, OSError) as err:
-            raise _explain(path, err) from err
-
-    load_checkpoint_to_cpu._cress_bitnet_wrapped = True  # type: ignore[attr-defined]
-    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
