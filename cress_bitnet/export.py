@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cress_bitnet.checkpoints import load_checkpoint
+from cress_bitnet.checkpoints import load_checkpoint, saved_model_args
 from cress_bitnet.fileio import atomic_output
 from cress_bitnet.quantization import AUX_DTYPE, QuantConfig, QuantLinear, QuantRecord, RecordError, get_method
 
@@ -36,11 +36,8 @@ class ExportError(ValueError):
 
 
 def model_args(state: dict[str, Any]) -> argparse.Namespace:
-    """The model's argparse.Namespace: ``cfg["model"]`` (trainer format) or legacy ``args``."""
-    cfg = state.get("cfg")
-    args = cfg.get("model") if cfg is not None else None
-    if args is None:
-        args = state.get("args")
+    """The model's argparse.Namespace (``cfg["model"]`` or legacy ``args``)."""
+    args = saved_model_args(state)
     if not isinstance(args, argparse.Namespace):
         raise ExportError("checkpoint has neither cfg['model'] nor args as an argparse.Namespace")
     return args
@@ -106,7 +103,7 @@ def export_state(
         prefix = name + "."
         tensors = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
         if not tensors:
-            raise ExportError(f"quant_modules names {name!r} but the state dict has no {prefix}* tensors")
+            raise ExportError(f"the quantization record names {name!r} but the state dict has no {prefix}* tensors")
         claimed.update(prefix + k for k in tensors)
         layer = rebuild_layer(config, tensors)
         packed = get_method(config.method).packed.from_quantized(layer, aux_dtype)

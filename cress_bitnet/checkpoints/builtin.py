@@ -290,6 +290,23 @@ def _upgrade_onebit_svcd(state: dict[str, Any], report: UpgradeReport) -> None:
                        f"({', '.join(modules[:4])}{', ...' if len(modules) > 4 else ''})")
 
 
+def _is_quant_v0(state: Mapping[str, Any]) -> bool:
+    args = saved_model_args(state)
+    return bool(getattr(args, "quant_modules", None)) and not getattr(args, QUANT_RECORD_ARG, None)
+
+
+def _upgrade_quant_v0(state: dict[str, Any], report: UpgradeReport) -> None:
+    """cress_bitnet 0.1 stored quant_method/quant_modules/quant_options/quant_plan/quant_packed: one record now."""
+    from cress_bitnet.quantization.record import LEGACY_FIELDS, QuantRecord
+
+    args = saved_model_args(state)
+    record = QuantRecord.from_legacy_args(args)
+    report.set_arg(args, QUANT_RECORD_ARG, record.to_json(), f"cress_bitnet 0.1 quant_* args: {record.summary()}")
+    for name in LEGACY_FIELDS:
+        if hasattr(args, name):
+            delattr(args, name)
+
+
 # ---------------------------------------------------------------- registration
 
 
@@ -298,6 +315,9 @@ def _register_builtin() -> None:
     for fmt in (
         CheckpointFormat("cress_bitnet_packed", "a packed quant_transformer checkpoint (cress-bitnet-export)",
                          frozenset({"st"}), _is_packed, arch="quant_transformer", priority=60),
+        CheckpointFormat("cress_bitnet_quant_v0", "a quant_transformer checkpoint of cress_bitnet 0.1 (quant_* args)",
+                         frozenset({"st"}), _is_quant_v0, arch="quant_transformer", upgrade=_upgrade_quant_v0,
+                         priority=65),
         CheckpointFormat("cress_bitnet_quant", "a quant_transformer checkpoint with its quantization record",
                          frozenset({"st"}), _is_quant, arch="quant_transformer", priority=50),
         CheckpointFormat("onebit_st_svcd", "an onebit-st SVCD checkpoint (BitLinear cross-attention)",

@@ -23,6 +23,7 @@ stay here. fairseq's trainer tells only the task about a new epoch; the task for
 import logging
 import math
 import os
+from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -123,7 +124,9 @@ class SpeechAndTextTranslationCriterion(LabelSmoothedCrossEntropyCriterion):
     def teacher(self, like: Tensor) -> nn.Module:
         """The frozen FP teacher, built on first use, on ``like``'s device and (floating) dtype, in eval mode."""
         if not self._teacher:
-            teacher, _ = build_fp_model(self.kd_teacher_path, self._task, flag="--kd-teacher")
+            hubert = getattr(getattr(self._task, "args", None), "hubert_model_path", None)  # for a CRESS teacher
+            teacher, _ = build_fp_model(self.kd_teacher_path, self._task, flag="--kd-teacher",
+                                        overrides=Namespace(hubert_model_path=hubert) if hubert else None)
             teacher.requires_grad_(False)
             self._teacher.append(teacher)
         teacher = self._teacher[0].eval()
