@@ -10,7 +10,8 @@
   in fairseq's CTC criterion), so no parameter is added and checkpoints stay CRESS-compatible.
 * A model that distils from a teacher (``quant_transformer --kd-weight``) adds its KD term on ST batches.
 Each part is logged separately (``st_loss``, ``mt_loss``, ``ext_mt_loss``, ``ctc_loss``, ``kd_loss``), normalised by
-its own tokens (source tokens for CTC).
+its own tokens (source tokens for CTC); ``ctc_impossible`` counts the utterances left out of CTC because their
+transcript needs more frames than the encoder produced.
 """
 
 import math
