@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import cress_bitnet.data.audio as audio_mod
 from cress_bitnet.data.audio import (
     SAMPLE_RATE,
     AudioError,
@@ -149,3 +150,77 @@ def test_check_audio_refs(tmp_path: Path, talk: tuple[Path, np.ndarray]) -> None
     gone = [ManifestRow("e", "gone.wav:0:10", 10, "t", line=3)]
     with pytest.raises(AudioError, match=r"dev\.tsv:3 \(id e\): audio file not found: .*gone\.wav"):
         check_audio_refs(gone, tmp_path, "dev.tsv")
+
+
+def _zip_with(tmp_path: Path, members: dict[str, bytes]) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """A ZIP_STORED file and each member's (byte offset, byte length), as fairseq's get_zip_manifest computes them."""
+    zpath = tmp_path / "audio.zip"
+    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_STORED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with zipfile.ZipFile(zpath) as z:
+        return zpath, {i.filename: (i.header_offset + 30 + len(i.filename), i.file_size) for i in z.infolist()}
+
+
+def _encoded(x: np.ndarray, sr: int, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "npy":
+        np.save(buf, x.astype(np.float32))
+    else:
+        sf.write(buf, x, sr, format=fmt.upper(), subtype="VORBIS" if fmt == "ogg" else "PCM_16")
+    return buf.getvalue()
+
+
+# (form, sample rate, file samples, n_frames the manifest must hold): whole files of every extension, zip members of
+# every kind, at 16 kHz and at other rates (n_frames counts samples after resampling: ceil(n * 16000 / sr)).
+N_FRAMES_FORMS = [
+    ("wav", 16000, 12345, 12345), ("flac", 16000, 12345, 12345), ("ogg", 16000, 12345, 12345),
+    ("npy", 16000, 12345, 12345), ("wav", 8000, 4001, 8002), ("flac", 44100, 44101, 16001),
+    ("zip:wav", 16000, 9999, 9999), ("zip:flac", 22050, 22051, 16001), ("zip:npy", 16000, 7777, 7777),
+]
+
+
+@pytest.mark.parametrize("form, sr, n, expected", N_FRAMES_FORMS)
+def test_n_frames_is_checked_for_every_audio_form(tmp_path: Path, form: str, sr: int, n: int, expected: int) -> None:
+    """Issue 14 item 3: a wrong n_frames is an error for whole files and zip entries too, not only segments."""
+    x = (0.1 * np.sin(np.arange(n) / 7.0)).astype(np.float32)
+    fmt = form.split(":")[-1]
+    if form.startswith("zip:"):
+        zpath, ptr = _zip_with(tmp_path, {f"u.{fmt}": _encoded(x, sr, fmt)})
+        audio = f"{zpath.name}:{ptr[f'u.{fmt}'][0]}:{ptr[f'u.{fmt}'][1]}"
+    else:
+        (tmp_path / f"u.{fmt}").write_bytes(_encoded(x, sr, fmt))
+        audio = f"u.{fmt}"
+    assert len(read_audio(audio, tmp_path)) == expected  # the length the model really gets
+    check_audio_refs([ManifestRow("u", audio, expected, "t", line=3)], tmp_path, "train.tsv")
+    for wrong in (expected - 2, expected + 2, 2 * expected):
+        with pytest.raises(AudioError, match=rf"train\.tsv:3 \(id u\): n_frames {wrong} does not match the length "
+                                             rf"{expected}\b.*(u\.{fmt}|audio\.zip)"):
+            check_audio_refs([ManifestRow("u", audio, wrong, "t", line=3)], tmp_path, "train.tsv")
+
+
+class _CountingFile(io.FileIO):
+    """A file that counts the bytes read from it."""
+
+    bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def readinto(self, buf) -> int:  # noqa: ANN001
+        n = super().readinto(buf)
+        self.bytes_read += n or 0
+        return n
+
+
+def test_zip_entry_info_reads_the_header_only(tmp_path: Path) -> None:
+    """The n_frames check of a zip entry must not decode (or read) the whole member."""
+    x = np.zeros(160000, dtype=np.float32)
+    zpath, ptr = _zip_with(tmp_path, {"long.wav": _encoded(x, 16000, "wav"), "long.npy": _encoded(x, 16000, "npy")})
+    for name, frames in (("long.wav", 160000), ("long.npy", 160000)):
+        off, length = ptr[name]
+        with _CountingFile(zpath, "rb") as f:
+            assert audio_mod.zip_entry_info(f, off, length) == (16000, frames)
+        assert f.bytes_read < 10000 < length  # a header's worth, not the 320-640 KB of samples

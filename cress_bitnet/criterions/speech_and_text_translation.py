@@ -14,7 +14,8 @@
   it is built lazily, kept outside the module tree (so it is in no ``parameters()``, optimizer or state dict) and
   always in eval mode, and it sees exactly the student's inputs (the same decoder prefix).
 Each part is logged separately (``st_loss``, ``mt_loss``, ``ext_mt_loss``, ``ctc_loss``, ``kd_loss``; the CRESS
-criteria add ``reg_loss``), unweighted, in bits per token of its own (source tokens for CTC).
+criteria add ``reg_loss``), unweighted, in bits per token of its own (source tokens for CTC); ``ctc_impossible``
+counts the utterances left out of CTC because their transcript needs more frames than the encoder produced.
 
 Subclasses (the CRESS criteria) replace :meth:`st_training_loss` only; CTC, KD, external MT, validation and logging
 stay here. fairseq's trainer tells only the task about a new epoch; the task forwards it to :meth:`set_epoch`.
@@ -103,22 +104,36 @@ class SpeechAndTextTranslationCriterion(LabelSmoothedCrossEntropyCriterion):
         return loss, nll_loss
 
     def ctc_loss(self, model, net_output, sample):  # noqa: ANN001, ANN201
-        """Summed CTC loss and number of transcript tokens of a speech batch."""
+        """Summed CTC loss, transcript tokens counted, and the number of utterances with no possible alignment.
+
+        An utterance whose transcript needs more frames than the encoder produced (one per token, plus a blank
+        between repeated tokens) has no CTC alignment: its loss is infinite. Such rows are left out of the loss and of
+        the token count, and counted (``ctc_impossible`` in the log), instead of silently adding 0 to the loss while
+        their tokens still dilute the average (what ``zero_infinity`` alone would do).
+        """
         extra = net_output[1] if isinstance(net_output, (tuple, list)) and len(net_output) > 1 else None
         if not isinstance(extra, dict) or "encoder_out" not in extra:
             raise ValueError(f"--ctc-weight needs a model that returns its encoder output ({type(model).__name__})")
         encoder_out = extra["encoder_out"]
         x = encoder_out["encoder_out"][0]  # T x B x C
         padding = encoder_out["encoder_padding_mask"][0]  # B x T
-        log_probs = F.log_softmax(model.decoder.output_layer(x).float(), dim=-1)
         source = sample["source"]
         keep = torch.ones_like(source, dtype=torch.bool)
         for idx in self.ignore_idx:
             keep &= source.ne(idx)
         input_lengths = (~padding).long().sum(1) if padding is not None else source.new_full((x.size(1),), x.size(0))
-        loss = F.ctc_loss(log_probs, source[keep], input_lengths, keep.long().sum(1), blank=self.blank_idx,
+        target_lengths = keep.long().sum(1)
+        possible = input_lengths >= ctc_min_frames(source, keep)
+        n_impossible = int((~possible).sum())
+        if not bool(possible.any()):
+            return x.sum() * 0.0, 0, n_impossible  # keeps the graph (DDP) with no gradient
+        if n_impossible:
+            x, source, keep = x[:, possible], source[possible], keep[possible]
+            input_lengths, target_lengths = input_lengths[possible], target_lengths[possible]
+        log_probs = F.log_softmax(model.decoder.output_layer(x).float(), dim=-1)
+        loss = F.ctc_loss(log_probs, source[keep], input_lengths, target_lengths, blank=self.blank_idx,
                           reduction="sum", zero_infinity=True)
-        return loss, int(keep.sum())
+        return loss, int(keep.sum()), n_impossible
 
     # ---- knowledge distillation -------------------------------------------------------------------------------
     def teacher(self, like: Tensor) -> nn.Module:
@@ -162,8 +177,9 @@ class SpeechAndTextTranslationCriterion(LabelSmoothedCrossEntropyCriterion):
         """Weighted CTC and KD terms of a training ST batch (0 when both are off)."""
         extra: Tensor | float = 0.0
         if self.ctc_weight > 0:
-            ctc_loss, ctc_ntokens = self.ctc_loss(model, net_output, sample)
+            ctc_loss, ctc_ntokens, ctc_impossible = self.ctc_loss(model, net_output, sample)
             log["ctc_loss"], log["ctc_ntokens"] = ctc_loss.data, ctc_ntokens
+            log["ctc_impossible"] = ctc_impossible
             extra = extra + self.ctc_weight * ctc_loss
         if self.kd_weight > 0:
             kd_loss = self.kd_loss(model, net_input, net_output, sample)
@@ -211,7 +227,22 @@ class SpeechAndTextTranslationCriterion(LabelSmoothedCrossEntropyCriterion):
                 total = sum(log.get(f"{part}_loss", 0) for log in logging_outputs)
                 metrics.log_scalar(f"{part}_loss", utils.item(total) / n / math.log(2), n, round=3)
 
+        if any("ctc_impossible" in log for log in logging_outputs):
+            impossible = sum(log.get("ctc_impossible", 0) for log in logging_outputs)
+            metrics.log_scalar_sum("ctc_impossible", impossible)
+
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
         return True
 
+
+def ctc_min_frames(tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Fewest input frames a CTC alignment of each row's kept tokens needs: one per token, plus one blank between
+    each pair of equal neighbours (Graves et al. 2006, "Connectionist Temporal Classification", section 3.1)."""
+    counts = keep.long().sum(1)
+    repeats = torch.zeros_like(counts)
+    for b in range(tokens.size(0)):
+        row = tokens[b][keep[b]]
+        if row.numel() > 1:
+            repeats[b] = (row[1:] == row[:-1]).long().sum()
+    return counts + repeats

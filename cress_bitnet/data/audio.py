@@ -112,6 +112,71 @@ def audio_info(path: str | Path, *, where: str = "") -> tuple[int, int, int]:
         raise AudioError(f"{_prefix(where)}cannot read audio file {path}: {e}") from None
 
 
+def resampled_length(frames: int, sr: int, target_sr: int = SAMPLE_RATE) -> int:
+    """Samples that ``frames`` samples at ``sr`` become after resampling to ``target_sr``.
+
+    ``torchaudio.functional.resample`` returns ``ceil(frames * target_sr / sr)`` samples; ``n_frames`` in a manifest
+    counts samples at ``target_sr``, so this is the number it must hold for audio stored at another rate.
+    """
+    frames, sr, target_sr = int(frames), int(sr), int(target_sr)
+    return frames if sr == target_sr else -(-frames * target_sr // sr)
+
+
+class _ByteRange(io.RawIOBase):
+    """A read-only, seekable window ``[start, start + length)`` of an open file: soundfile and numpy read the header
+    of one zip member through it without reading the member's audio."""
+
+    def __init__(self, f: io.BufferedReader, start: int, length: int) -> None:
+        super().__init__()
+        self._f, self._start, self._len, self._pos = f, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._len}[whence]
+        self._pos = min(max(base + offset, 0), self._len)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        n = min(len(buf), self._len - self._pos)
+        if n <= 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        buf[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _npy_header_frames(fp: Any) -> int:
+    version = np.lib.format.read_magic(fp)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, _ = read_header(fp)
+    if len(shape) == 1:
+        return int(shape[0])
+    if len(shape) == 2:
+        return int(max(shape))
+    raise ValueError(f"array of shape {shape} is not a waveform")
+
+
+def zip_entry_info(f: io.BufferedReader, offset: int, length: int) -> tuple[int, int]:
+    """(sample_rate, num_frames) of one stored zip member at ``offset``/``length`` bytes, from its header only."""
+    window = _ByteRange(f, offset, length)
+    if window.read(6) == _NPY_MAGIC:
+        window.seek(0)
+        return SAMPLE_RATE, _npy_header_frames(window)
+    window.seek(0)
+    info = sf.info(window)
+    return int(info.samplerate), int(info.frames)
+
+
 def _int_to_float(arr: np.ndarray) -> np.ndarray:
     """Scale integer PCM to [-1, 1] like soundfile does for wav files (unsigned 8-bit is offset binary)."""
     if arr.dtype.kind == "u":
@@ -202,8 +267,12 @@ def read_audio(
         raise AudioError(
             f"{pre}truncated audio file {ref.path}: segment {ref.offset}:{ref.length} gave {wav.shape[-1]} samples"
         )
+    at = f" at {ref.offset}:{ref.length}" if ref.offset is not None else ""
     if wav.shape[-1] == 0:
-        raise AudioError(f"{pre}empty audio in {ref.path}" + (f" at {ref.offset}:{ref.length}" if ref.offset else ""))
+        raise AudioError(f"{pre}empty audio in {ref.path}{at}")
+    if not np.isfinite(wav).all():
+        bad = int(np.size(wav) - np.isfinite(wav).sum())
+        raise AudioError(f"{pre}audio {ref.path}{at} holds {bad} NaN or infinite samples")
     return resample_mono(torch.from_numpy(np.ascontiguousarray(wav)), sr, target_sr)
 
 
@@ -214,41 +283,61 @@ def _row_get(row: Any, key: str, default: Any = "") -> Any:
 
 
 def check_audio_refs(rows: Iterable[Any], audio_root: str | Path = "", manifest_path: str | Path = "") -> None:
-    """Validate every row's audio from file headers only (one ``sf.info`` per distinct file), before training starts.
+    """Validate every row's audio from headers only, before training starts, for all three ``audio`` forms.
 
-    Checks: the file exists and is readable, a segment lies inside its file, and ``n_frames`` equals the segment length
-    (converted to ``SAMPLE_RATE`` when the file has another rate). Zip entries must lie inside the zip.
+    Checks: the file exists and is readable, a segment or zip entry lies inside its file, the audio has samples, and
+    ``n_frames`` equals the audio's length at ``SAMPLE_RATE`` (:func:`resampled_length`; one sample of slack when
+    the audio is resampled, for prep tools that round instead of taking the ceiling). Why: batching and the length
+    filters trust ``n_frames``; a wrong value silently changes which utterances are kept and how they are batched.
+    Whole files cost one ``sf.info`` per distinct file; zip entries one header read each.
     """
-    sizes: dict[str, int] = {}
-    for idx, row in enumerate(rows):
-        line = _row_get(row, "line", 0) or idx + 2  # header is line 1
-        rid = _row_get(row, "id", "?")
-        where = f"{manifest_path}:{line} (id {rid})" if manifest_path else f"line {line} (id {rid})"
-        ref = parse_audio_field(str(_row_get(row, "audio")), audio_root, where=where)
-        if ref.kind == "zip":
-            if ref.path not in sizes:
-                if not os.path.isfile(ref.path):
-                    raise AudioError(f"{where}: audio file not found: {ref.path}")
-                sizes[ref.path] = os.path.getsize(ref.path)
-            if ref.offset + ref.length > sizes[ref.path]:
-                raise AudioError(
-                    f"{where}: zip entry {ref.offset}+{ref.length} bytes lies past the end of {ref.path} "
-                    f"({sizes[ref.path]} bytes)"
-                )
-            continue
-        sr, frames, _ = audio_info(ref.path, where=where)
-        if ref.kind == "segment":
-            if ref.offset + ref.length > frames:
-                raise AudioError(
-                    f"{where}: segment {ref.offset}:{ref.length} (ends at sample {ref.offset + ref.length}) lies past "
-                    f"the end of {ref.path} ({frames} samples)"
-                )
-            expected = ref.length if sr == SAMPLE_RATE else round(ref.length * SAMPLE_RATE / sr)
+    zips: dict[str, tuple[io.BufferedReader, int]] = {}
+    try:
+        for idx, row in enumerate(rows):
+            line = _row_get(row, "line", 0) or idx + 2  # header is line 1
+            rid = _row_get(row, "id", "?")
+            where = f"{manifest_path}:{line} (id {rid})" if manifest_path else f"line {line} (id {rid})"
+            ref = parse_audio_field(str(_row_get(row, "audio")), audio_root, where=where)
+            if ref.kind == "zip":
+                sr, frames = _zip_entry_frames(ref, zips, where)
+                what = f"zip entry {ref.offset}:{ref.length} of {ref.path}"
+            else:
+                sr, frames, _ = audio_info(ref.path, where=where)
+                what = ref.path
+                if ref.kind == "segment":
+                    if ref.offset + ref.length > frames:
+                        raise AudioError(
+                            f"{where}: segment {ref.offset}:{ref.length} (ends at sample {ref.offset + ref.length}) "
+                            f"lies past the end of {ref.path} ({frames} samples)"
+                        )
+                    frames, what = ref.length, f"segment {ref.offset}:{ref.length} of {ref.path}"
+            if frames <= 0:
+                raise AudioError(f"{where}: {what} has no samples")
+            expected = resampled_length(frames, sr)
+            raw = _row_get(row, "n_frames", expected)
             try:
-                n_frames = int(_row_get(row, "n_frames", expected))
+                n_frames = int(raw)
             except (TypeError, ValueError):
-                raise AudioError(f"{where}: n_frames is not an integer (audio {ref.path})") from None
+                raise AudioError(f"{where}: n_frames {raw!r} is not an integer (audio {what})") from None
             if abs(n_frames - expected) > (0 if sr == SAMPLE_RATE else 1):
-                raise AudioError(
-                    f"{where}: n_frames {n_frames} does not match the segment length {expected} of {ref.path}"
-                )
+                rate = "" if sr == SAMPLE_RATE else f" ({frames} samples at {sr} Hz resampled to {SAMPLE_RATE} Hz)"
+                raise AudioError(f"{where}: n_frames {n_frames} does not match the length {expected}{rate} of {what}")
+    finally:
+        for f, _ in zips.values():
+            f.close()
+
+
+def _zip_entry_frames(ref: AudioRef, zips: dict[str, tuple[io.BufferedReader, int]], where: str) -> tuple[int, int]:
+    if ref.path not in zips:
+        if not os.path.isfile(ref.path):
+            raise AudioError(f"{where}: audio file not found: {ref.path}")
+        zips[ref.path] = (open(ref.path, "rb"), os.path.getsize(ref.path))  # noqa: SIM115 - closed by the caller
+    f, size = zips[ref.path]
+    if ref.offset + ref.length > size:
+        raise AudioError(
+            f"{where}: zip entry {ref.offset}+{ref.length} bytes lies past the end of {ref.path} ({size} bytes)"
+        )
+    try:
+        return zip_entry_info(f, ref.offset, ref.length)
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError, EOFError) as e:
+        raise AudioError(f"{where}: cannot read zip entry {ref.offset}:{ref.length} of {ref.path}: {e}") from None

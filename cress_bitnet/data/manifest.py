@@ -36,13 +36,22 @@ class ManifestRow:
     line: int = 0
 
 
-def read_manifest(path: str | Path) -> list[ManifestRow]:
-    """Read and validate a manifest so that bad rows fail here, naming the line, not deep inside training."""
+def read_manifest(path: str | Path, required_by: Mapping[str, str] | None = None) -> list[ManifestRow]:
+    """Read and validate a manifest so that bad rows fail here, naming the line, not deep inside training.
+
+    A UTF-8 byte-order mark and CRLF line ends (a manifest saved by a Windows editor) are accepted and removed.
+    ``required_by`` maps optional columns (``src_text``) to the flag that needs them: the column must then exist and
+    be non-empty on every row, because e.g. ``--ctc-weight`` would otherwise train towards empty transcripts.
+    """
     path = str(path)
+    required_by = dict(required_by or {})
     if not os.path.isfile(path):
         raise ManifestError(f"{path}: manifest file not found")
     with open(path, "rb") as f:
-        raw_lines = f.read().split(b"\n")
+        data = f.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
 
@@ -62,6 +71,12 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
             f"{path}:{header_idx + 1}: header lacks required column(s) {', '.join(missing)} "
             f"(found: {', '.join(header)})"
         )
+    missing = [c for c in required_by if c not in header]
+    if missing:
+        raise ManifestError(
+            f"{path}:{header_idx + 1}: header lacks column {missing[0]}, which {required_by[missing[0]]} needs "
+            f"(found: {', '.join(header)})"
+        )
     col = {name: k for k, name in enumerate(header)}
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
@@ -74,6 +89,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         if len(fields) != len(header):
             raise ManifestError(
                 f"{path}:{ln}: expected {len(header)} tab-separated fields as in the header, found {len(fields)}"
+                + (" (a tab inside a text field?)" if len(fields) > len(header) else "")
             )
         rid = fields[col["id"]]
         if not rid:
@@ -93,6 +109,9 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         tgt = fields[col["tgt_text"]]
         if not tgt.strip():
             raise ManifestError(f"{path}:{ln} (id {rid}): empty tgt_text")
+        for c, flag in required_by.items():
+            if not fields[col[c]].strip():
+                raise ManifestError(f"{path}:{ln} (id {rid}): empty {c}, which {flag} needs")
         rows.append(
             ManifestRow(
                 id=rid,

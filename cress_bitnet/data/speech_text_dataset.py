@@ -196,8 +196,10 @@ def load_speech_dataset(
     tgt_prefix_token: int | None,
     shuffle: bool,
     min_audio_samples: int,
+    src_text_needed_by: str = "",
 ) -> SpeechTextTripletDataset:
-    rows = read_manifest(manifest_path)
+    """Read, check and wrap one manifest; ``src_text_needed_by`` names the flag(s) that make transcripts required."""
+    rows = read_manifest(manifest_path, {"src_text": src_text_needed_by} if src_text_needed_by else None)
     check_audio_refs(rows, audio_root, manifest_path=str(manifest_path))
     short = [r for r in rows if r.n_frames < min_audio_samples]
     if short:

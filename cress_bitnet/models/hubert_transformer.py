@@ -142,7 +142,7 @@ class HubertTransformerModel(FairseqEncoderDecoderModel):
         a("--layernorm-embedding", action="store_true", help="LayerNorm after the embeddings (shared by modalities)")
         a("--no-scale-embedding", action="store_true", help="do not scale embeddings by sqrt(dim)")
         a("--decoder-layer-type", choices=["standard", "deltalm"], help="deltalm: interleaved FFN decoder layers")
-        a("--load-pretrained-encoder-from", help="accepted for CRESS compatibility (unused)")
+        a("--load-pretrained-encoder-from", help="not supported (CRESS parses and ignores it): an error if given")
         a("--hubert-model-path", help="HuBERT checkpoint (legacy args or trainer cfg format)")
         a("--freeze-hubert", action="store_true", help="do not train HuBERT")
         a("--hubert-dropout", type=float, help="override HuBERT's dropout")
@@ -187,6 +187,12 @@ class HubertTransformerModel(FairseqEncoderDecoderModel):
     def build_model(cls, args: Namespace, task: Any) -> HubertTransformerModel:
         hubert_transformer_base(args)
         restoring = bool(getattr(args, "hubert_cfg", None))
+        if getattr(args, "load_pretrained_encoder_from", None) and not restoring:
+            raise ValueError(
+                f"--load-pretrained-encoder-from {args.load_pretrained_encoder_from}: not supported (CRESS accepts it "
+                "and ignores it). The speech encoder starts from --hubert-model-path, the text encoder and decoder "
+                "from --load-pretrained-mt-encoder-decoder-from; continue a whole ST model with --restore-file"
+            )
         dictionary = task.target_dictionary
         embed_tokens = nn.Embedding(len(dictionary), args.decoder_embed_dim, dictionary.pad())
         nn.init.normal_(embed_tokens.weight, mean=0, std=args.decoder_embed_dim**-0.5)

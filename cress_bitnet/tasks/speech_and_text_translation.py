@@ -62,7 +62,9 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         parser.add_argument("--ext-mt-training", action="store_true", help="train on --text-data MT pairs")
         parser.add_argument("--st-sample-ratio", type=float, default=1.0, help="batch up/down-sampling of ST")
         parser.add_argument("--mt-sample-ratio", type=float, default=1.0, help="batch up/down-sampling of MT")
-        parser.add_argument("--update-mix-data", action="store_true", help="accepted for CRESS compatibility")
+        parser.add_argument("--update-mix-data", action="store_true",
+                            help="let the batches of one update (--update-freq > 1) come from different modalities "
+                                 "(as fairseq's speech_text_joint_to_text; default: one modality per update)")
         parser.add_argument("--eval-bleu", action="store_true", help="compute BLEU on the validation set")
         parser.add_argument("--eval-bleu-detok", default="space", help="detokenizer for validation BLEU")
         parser.add_argument("--eval-bleu-detok-args", default="{}", help="JSON args of the detokenizer")
@@ -73,8 +75,10 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         parser.add_argument("--param-checksum-file", default=None,
                             help="append 'update rank sha1' of all parameters after every update (checks that "
                                  "data-parallel replicas stay identical)")
-        parser.add_argument("--eval-bleu-bpe", default=None, help="accepted for CRESS compatibility (unused)")
-        parser.add_argument("--eval-bleu-bpe-path", default=None, help="accepted for CRESS compatibility (unused)")
+        parser.add_argument("--eval-bleu-bpe", default=None,
+                            help="not supported (CRESS parses and ignores it): validation BLEU decodes with the data "
+                                 "config's bpe_tokenizer; an error if given")
+        parser.add_argument("--eval-bleu-bpe-path", default=None, help="not supported, as --eval-bleu-bpe")
 
     def __init__(self, args: Namespace, dictionary: Dictionary, data_cfg: SpeechDataConfig) -> None:
         super().__init__(args)
@@ -97,9 +101,16 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         data = Path(args.data)
         if not data.is_dir():
             raise FileNotFoundError(f"DATA folder not found: {data}")
+        for flag in ("eval_bleu_bpe", "eval_bleu_bpe_path"):
+            if getattr(args, flag, None):
+                raise ValueError(
+                    f"--{flag.replace('_', '-')} {getattr(args, flag)}: not supported (CRESS accepts and ignores it): "
+                    "validation BLEU decodes with the data config's bpe_tokenizer; remove the flag"
+                )
         cfg = SpeechDataConfig.load(data / args.config_yaml)
         dictionary = Dictionary.load(str(cfg.vocab_path))
         logger.info(f"dictionary {cfg.vocab_path}: {len(dictionary)} types")
+        check_spm_matches_dictionary(cfg, dictionary)
         if args.text_data and not Path(args.text_data).is_dir():
             raise FileNotFoundError(f"--text-data folder not found: {args.text_data}")
         if args.ext_mt_training and not (args.text_data and args.tgt_lang):
@@ -147,7 +158,19 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
             tgt_prefix_token=self.tgt_prefix_token,
             shuffle=shuffle,
             min_audio_samples=self.args.min_audio_positions,
+            src_text_needed_by=self._src_text_flags(split),
         )
+
+    def _src_text_flags(self, split: str) -> str:
+        """The criterion flags that train on the transcript (training splits only): they need ``src_text``."""
+        if not self._is_train(split):
+            return ""
+        flags = []
+        if (getattr(self.args, "ctc_weight", 0) or 0) > 0:
+            flags.append(f"--ctc-weight {self.args.ctc_weight}")
+        if getattr(self.args, "mt_finetune", False):
+            flags.append("--mt-finetune")
+        return " and ".join(flags)
 
     def _text_dataset(self, split: str, shuffle: bool):  # noqa: ANN202 - fairseq dataset
         split = "valid" if split == "dev" else split  # CRESS binarizes dev as valid
@@ -187,16 +210,18 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
                            shard_id=0, num_workers=0, epoch=0, data_buffer_size=0, disable_iterator_cache=False,
                            skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False):
         if not isinstance(dataset, MultiModalityDataset):
-            # Our own per-modality limits replace fairseq's (which cannot mix a 3-tuple task limit with the model's);
-            # too-long examples are skipped and counted in the log rather than aborting validation or decoding.
+            # Our own per-modality limits replace fairseq's (which cannot mix a 3-tuple task limit with the model's).
+            # Validation and decoding must score the whole set: too-long examples are an error naming them unless
+            # --skip-invalid-size-inputs-valid-test (fairseq's ignore_invalid_inputs) asks to skip them.
             speech = isinstance(dataset, SpeechTextTripletDataset)
             limit = self.speech_max_positions() if speech else self.text_max_positions()
             if not speech and self.args.max_tokens_text is not None:
                 max_tokens = self.args.max_tokens_text
             kept, ignored = dataset.filter_indices_by_size(dataset.ordered_indices(), limit)
             if len(ignored):
-                logger.warning(f"{len(ignored)} examples longer than {limit} are skipped (ids {list(ignored[:5])}...)")
+                report_too_long(dataset, ignored, limit, skip=ignore_invalid_inputs)
             check_max_tokens(dataset, kept, max_tokens, "decoding/validation")
+            # ignore_invalid_inputs=True below: the too-long examples were reported (or refused) just above
             return super().get_batch_iterator(
                 dataset, max_tokens, max_sentences, limit, True, required_batch_size_multiple, seed, num_shards,
                 shard_id, num_workers, epoch, data_buffer_size, disable_iterator_cache, skip_remainder_batch,
@@ -204,8 +229,11 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
             )
         ratios = [self.args.st_sample_ratio if m == ST_MODE else self.args.mt_sample_ratio for m in dataset.id_to_mode]
         # Batches are permuted in groups of update_freq x num_shards: each update's batches come from one modality,
-        # and a run on N workers sees exactly the batches of one worker with --update-freq N.
+        # and a run on N workers sees exactly the batches of one worker with --update-freq N. --update-mix-data
+        # groups by num_shards only, so the update_freq batches of one update may mix modalities.
         update_freq = getattr(self.args, "update_freq", None) or [1]
+        if self.args.update_mix_data:
+            update_freq = [1]
         dataset.set_epoch(epoch)
         batch_samplers = dataset.get_batch_samplers(ratios, required_batch_size_multiple, seed)
         return iterators.GroupedEpochBatchIterator(
@@ -360,6 +388,59 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
                 return round(score.score, 2)
 
             metrics.log_derived("bleu", compute_bleu)
+
+
+SKIP_FLAG = "--skip-invalid-size-inputs-valid-test"
+
+
+def check_spm_matches_dictionary(cfg: SpeechDataConfig, dictionary: Dictionary) -> None:
+    """Every piece the SentencePiece model can emit must be in the dictionary, or it silently becomes ``<unk>``.
+
+    Extra dictionary entries (language tags, pieces of another corpus) are harmless and allowed.
+    """
+    bpe = cfg.bpe_args()
+    if bpe is None or getattr(bpe, "bpe", None) != "sentencepiece" or not getattr(bpe, "sentencepiece_model", None):
+        return
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.Load(bpe.sentencepiece_model)
+    except (OSError, RuntimeError) as err:
+        raise ValueError(f"{cfg.path}: cannot load bpe_tokenizer.sentencepiece_model {bpe.sentencepiece_model}: "
+                         f"{err}") from None
+    pieces = [sp.IdToPiece(i) for i in range(sp.GetPieceSize())
+              if not (sp.IsControl(i) or sp.IsUnknown(i) or sp.IsUnused(i))]
+    missing = [p for p in pieces if dictionary.index(p) == dictionary.unk()]
+    if missing:
+        raise ValueError(
+            f"{cfg.path}: the SentencePiece model {bpe.sentencepiece_model} does not match vocab_filename "
+            f"{cfg.vocab_path}: {len(missing)} of its {len(pieces)} pieces are not in the dictionary "
+            f"(e.g. {', '.join(repr(p) for p in missing[:5])}); they would all become <unk>"
+        )
+
+
+def report_too_long(dataset: Any, ignored: np.ndarray, limit: tuple[int, ...], *, skip: bool) -> None:
+    """Name the examples longer than ``limit``: an error, or (``skip``, fairseq's flag) a warning with the count.
+
+    Why: fairseq's length filter drops them with a warning only, so BLEU would silently cover a subset of the test set.
+    """
+    ignored = np.asarray(ignored)
+    names = [_example_name(dataset, int(i)) for i in ignored[:5]]
+    more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+    what = (f"{len(ignored)} of {len(dataset)} examples are longer than the limits {limit} "
+            "(--max-audio-positions audio samples, --max-source-positions, --max-target-positions tokens)")
+    if not skip:
+        raise ValueError(f"{what}: {', '.join(names)}{more}. Raise the limits, or pass {SKIP_FLAG} to score only the "
+                         "rest of the set")
+    logger.warning(f"{what} and are skipped ({SKIP_FLAG}): {', '.join(names)}{more}")
+
+
+def _example_name(dataset: Any, index: int) -> str:
+    if isinstance(dataset, SpeechTextTripletDataset):
+        row = dataset.rows[index]
+        return f"{dataset.manifest_path}:{row.line} (id {row.id}, {dataset.size(index)})"
+    return f"#{index} {dataset.size(index)}"
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:
