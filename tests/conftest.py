@@ -145,3 +145,30 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     else:
         monkeypatch.delenv(kernels.FORCE_FALLBACK_ENV, raising=False)
     return request.param
+
+
+KERNEL_PATHS = ["lut", "rowmajor", "avx2", "fallback"]
+
+
+@pytest.fixture(params=KERNEL_PATHS)
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every way the packed matmuls can run: the AVX-512 lookup-table kernel on prepacked weights ("lut"), the
+    native build's row-major mask kernel ("rowmajor"), a build for ``-march=haswell`` (AVX2, no AVX-512) and the torch
+    fallback. A path this CPU cannot run is skipped (it is not a failure of the code)."""
+    from cress_bitnet import kernels
+
+    monkeypatch.delenv(kernels.FORCE_FALLBACK_ENV, raising=False)
+    monkeypatch.delenv(kernels.ARCH_ENV, raising=False)
+    if request.param == "fallback":
+        monkeypatch.setenv(kernels.FORCE_FALLBACK_ENV, "1")
+    elif request.param == "avx2":
+        if "avx2" not in Path("/proc/cpuinfo").read_text():
+            pytest.skip("this CPU has no AVX2")
+        monkeypatch.setenv(kernels.ARCH_ENV, "haswell")
+        assert kernels.kernel_isa() == "avx2"
+    elif request.param == "rowmajor":
+        monkeypatch.setattr(kernels, "prepacked", lambda ext, packed: None)
+    elif not kernels.load_kernel().lut_supported():
+        pytest.skip("the lookup-table kernel needs AVX-512")
+    return request.param
+
