@@ -93,9 +93,9 @@ def kernel_isa() -> str | None:
 def _use_kernel(x: Tensor) -> ModuleType | None:
     if os.environ.get(FORCE_FALLBACK_ENV, "0") not in ("", "0"):
         return None
-    if x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
+    if not x.is_cpu or (x.requires_grad and torch.is_grad_enabled()):
         return None
-    return load_kernel()
+    return _build(os.environ.get(ARCH_ENV, "native"))
 
 
 def _check(x: Tensor, packed: Tensor, in_features: int, per_byte: int) -> None:
@@ -132,14 +132,21 @@ def _drop(key: tuple) -> None:
         _prepack_bytes -= pre.numel()
 
 
+@functools.cache
+def _lut_supported(ext: ModuleType) -> bool:
+    return bool(ext.lut_supported())
+
+
 def prepacked(ext: ModuleType, packed: Tensor) -> Tensor | None:
     """The LUT layout of ``packed`` (rows interleaved by 16) from the cache, built on a miss; None where the build
     has no LUT kernel or the tensor cannot be tracked (inference tensors keep no version counter)."""
     global _prepack_bytes
-    if not ext.lut_supported() or packed.is_inference():
+    if not _lut_supported(ext) or packed.is_inference():
         return None
-    owner = packed if packed._base is None else packed._base
-    key = (id(owner), packed.data_ptr(), tuple(packed.shape), packed.stride(), packed._version)
+    owner = packed._base
+    if owner is None:
+        owner = packed
+    key = (id(owner), packed.data_ptr(), packed.shape, packed.stride(), packed._version)
     pre = _prepack_cache.get(key)
     if pre is not None:
         _prepack_cache.move_to_end(key)
