@@ -10,8 +10,13 @@ other processes on a shared machine hits them alike: the ratios are measured in 
 avx512_fp16 / amx_fp16; elsewhere torch emulates them and the number would mean nothing), the packed ±1 kernel
 (``signed_matmul``) and the whole fused packed SVCD layer (LayerNorm, sign matmul, bias, per-token 8-bit
 quantizer, ⊙ h). "fastest FP" is the fastest of the FP variants measured for that row.
-On a machine shared with other jobs, more threads than free cores let one descheduled OpenMP thread stall a
-whole call, so compare thread counts with that in mind (the table reports the load average).
+Clocks: ``--clock cpu`` times each call by the process's CPU time, ``wall`` by perf_counter, ``auto`` (default)
+uses cpu at one thread and wall above; the JSON holds both. On a machine shared with more runnable jobs than cores,
+the wall time of a call longer than a scheduler slice includes the time it spent descheduled, roughly in proportion
+to its length, which inflates the slow variant and biases every ratio; CPU time does not. With one thread CPU time
+is the kernel's cost. With two it is the CPU spent by both threads, including OpenMP workers spin-waiting, so it
+says nothing about the wall-clock gain, which only wall time on an idle machine shows: the table reports the load
+average so the reader can tell.
 
 ``--e2e`` times fairseq-generate on DATA with an FP and an exported packed checkpoint (beam 5, batch 1 and batched).
 ``--user-dir``, ``--task``, ``--config-yaml`` and ``--gen-subset`` come from the checkpoint and the data folder;
@@ -81,18 +86,21 @@ def cpu_info() -> dict[str, object]:
     }
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, float]:
-    """Median microseconds per call of each function, all functions alternating within every repetition."""
+def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, dict[str, float]]:
+    """Median microseconds per call of each function on both clocks ({"wall": ..., "cpu": ...}), all functions
+    alternating within every repetition."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+            t1, c1 = time.perf_counter(), time.process_time()
+            times[name]["wall"].append(t1 - t0)
+            times[name]["cpu"].append(c1 - c0)
+    return {k: {c: statistics.median(v) * 1e6 for c, v in clocks.items()} for k, clocks in times.items()}
 
 
 def svcd_layer(out_f: int, in_f: int, gen: torch.Generator) -> tuple[torch.nn.Linear, PackedSVCDLinear]:
@@ -110,7 +118,7 @@ def svcd_layer(out_f: int, in_f: int, gen: torch.Generator) -> tuple[torch.nn.Li
 
 @torch.inference_mode()
 def bench_kernels(shapes: list[tuple[int, int]], rows: list[int], threads: list[int], warmup: int, reps: int,
-                  info: dict[str, object]) -> list[dict[str, object]]:
+                  info: dict[str, object], clock: str) -> list[dict[str, object]]:
     results = []
     gen = torch.Generator().manual_seed(0)
     for out_f, in_f in shapes:
@@ -128,17 +136,20 @@ def bench_kernels(shapes: list[tuple[int, int]], rows: list[int], threads: list[
                     fns[str(dt).removeprefix("torch.")] = partial(F.linear, x.to(dt), wl, bl)
                 fns["packed"] = partial(signed_matmul, x, packed, in_f)
                 fns["svcd_layer"] = partial(packed_layer, x)
-                t = time_interleaved(fns, warmup, reps)
+                both = time_interleaved(fns, warmup, reps)
+                clk = ("cpu" if nt == 1 else "wall") if clock == "auto" else clock
+                t = {k: v[clk] for k, v in both.items()}
                 fp = {k: v for k, v in t.items() if k not in ("packed", "svcd_layer")}
                 fastest = min(fp, key=fp.get)
-                row: dict[str, object] = {"shape": f"{out_f}x{in_f}", "M": m, "threads": nt,
-                                          **{f"{k}_us": v for k, v in t.items()}, "fastest_fp": fastest}
+                row: dict[str, object] = {"shape": f"{out_f}x{in_f}", "M": m, "threads": nt, "clock": clk,
+                                          **{f"{k}_us": v for k, v in t.items()}, "fastest_fp": fastest,
+                                          **{f"{k}_{c}_us": v for k, clocks in both.items() for c, v in clocks.items()}}
                 for k in fp:
                     row[f"packed_vs_{k}"] = t[k] / t["packed"]
                 row["packed_vs_fastest"] = t[fastest] / t["packed"]
                 row["svcd_layer_vs_fp32"] = t["fp32"] / t["svcd_layer"]
                 results.append(row)
-                print(f"  {row['shape']:>9} M={m:<3} threads={nt}: fp32 {t['fp32']:.1f} us, packed "
+                print(f"  {row['shape']:>9} M={m:<3} threads={nt} ({clk}): fp32 {t['fp32']:.1f} us, packed "
                       f"{t['packed']:.1f} us ({row['packed_vs_fp32']:.2f}x fp32, {row['packed_vs_fastest']:.2f}x "
                       f"{fastest})", flush=True)
     torch.set_num_threads(threads[0])
@@ -146,12 +157,13 @@ def bench_kernels(shapes: list[tuple[int, int]], rows: list[int], threads: list[
 
 
 def markdown_table(rows: list[dict[str, object]]) -> str:
-    fps = [k.removesuffix("_us") for k in rows[0] if k.endswith("_us") and k not in ("packed_us", "svcd_layer_us")]
-    head = (["out×in", "M", "thr"] + [f"{k} µs" for k in fps] + ["packed µs", "SVCD layer µs"]
+    fps = [k.removesuffix("_us") for k in rows[0]
+           if k.endswith("_us") and not k.endswith(("_wall_us", "_cpu_us")) and k not in ("packed_us", "svcd_layer_us")]
+    head = (["out×in", "M", "thr", "clock"] + [f"{k} µs" for k in fps] + ["packed µs", "SVCD layer µs"]
             + [f"packed ×{k}" for k in fps] + ["packed ×fastest FP", "SVCD layer ×fp32"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["shape"], str(r["M"]), str(r["threads"])] + [f"{r[f'{k}_us']:.1f}" for k in fps]
+        cells = [r["shape"], str(r["M"]), str(r["threads"]), str(r["clock"])] + [f"{r[f'{k}_us']:.1f}" for k in fps]
         cells += [f"{r['packed_us']:.1f}", f"{r['svcd_layer_us']:.1f}"]
         cells += [f"{r[f'packed_vs_{k}']:.2f}" for k in fps]
         cells += [f"{r['packed_vs_fastest']:.2f} ({r['fastest_fp']})", f"{r['svcd_layer_vs_fp32']:.2f}"]
@@ -264,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=_int_list, default=THREADS, help="comma list of thread counts (1,2)")
     parser.add_argument("--shapes", type=_shape_list, default=SHAPES, help="comma list of OUTxIN")
     parser.add_argument("--rows", type=_int_list, default=ROWS, help="comma list of M (activation rows)")
+    parser.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
+                        help="clock of the table and the ratios (both are in the JSON); see the module docstring")
     parser.add_argument("--no-kernels", action="store_true", help="skip the kernel table (e.g. with --e2e)")
     parser.add_argument("--e2e", nargs=3, metavar=("DATA", "FP_CKPT", "PACKED_CKPT"),
                         help="also time fairseq-generate with an FP and a packed checkpoint")
@@ -274,11 +288,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{info['native_bf16']}, fp16 {info['native_fp16']} | load average {info['loadavg']}")
     results: dict[str, object] = {"cpu": info}
     if not opts.no_kernels:
-        rows = bench_kernels(opts.shapes, opts.rows, opts.threads, opts.warmup, opts.reps, info)
+        rows = bench_kernels(opts.shapes, opts.rows, opts.threads, opts.warmup, opts.reps, info, opts.clock)
         results["kernels"] = rows
         results["targets"] = check_targets(rows)
         results["loadavg_after"] = os.getloadavg()
         print()
+        print("Times: median microseconds per call on the row's clock; ratios = FP time / packed time.")
         print(markdown_table(rows))
         print()
         for t in results["targets"]:
