@@ -103,6 +103,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, reps: in
     return {k: {c: statistics.median(v) * 1e6 for c, v in clocks.items()} for k, clocks in times.items()}
 
 
+@torch.no_grad()
 def svcd_layer(out_f: int, in_f: int, gen: torch.Generator) -> tuple[torch.nn.Linear, PackedSVCDLinear]:
     """A dense layer and its packed SVCD counterpart with random (non-trivial) LayerNorm, g, h and bias."""
     dense = torch.nn.Linear(in_f, out_f)
@@ -116,7 +117,6 @@ def svcd_layer(out_f: int, in_f: int, gen: torch.Generator) -> tuple[torch.nn.Li
     return dense, PackedSVCDLinear.from_quantized(layer).eval()
 
 
-@torch.inference_mode()
 def bench_kernels(shapes: list[tuple[int, int]], rows: list[int], threads: list[int], warmup: int, reps: int,
                   info: dict[str, object], clock: str) -> list[dict[str, object]]:
     results = []
@@ -136,7 +136,8 @@ def bench_kernels(shapes: list[tuple[int, int]], rows: list[int], threads: list[
                     fns[str(dt).removeprefix("torch.")] = partial(F.linear, x.to(dt), wl, bl)
                 fns["packed"] = partial(signed_matmul, x, packed, in_f)
                 fns["svcd_layer"] = partial(packed_layer, x)
-                both = time_interleaved(fns, warmup, reps)
+                with torch.inference_mode():  # only the calls: weights made here would be inference tensors,
+                    both = time_interleaved(fns, warmup, reps)  # which the LUT kernel's cache cannot track
                 clk = ("cpu" if nt == 1 else "wall") if clock == "auto" else clock
                 t = {k: v[clk] for k, v in both.items()}
                 fp = {k: v for k, v in t.items() if k not in ("packed", "svcd_layer")}

@@ -133,6 +133,13 @@ def _drop(key: tuple) -> None:
 
 
 @functools.cache
+def _log_inference_weight() -> None:
+    logger.info("cress_bitnet packed kernel: a packed weight is an inference tensor (created under "
+                "torch.inference_mode), which keeps no version counter, so it runs the slower row-major kernel; "
+                "build the model outside inference_mode to get the lookup-table kernel")
+
+
+@functools.cache
 def _lut_supported(ext: ModuleType) -> bool:
     return bool(ext.lut_supported())
 
@@ -141,7 +148,10 @@ def prepacked(ext: ModuleType, packed: Tensor) -> Tensor | None:
     """The LUT layout of ``packed`` (rows interleaved by 16) from the cache, built on a miss; None where the build
     has no LUT kernel or the tensor cannot be tracked (inference tensors keep no version counter)."""
     global _prepack_bytes
-    if not _lut_supported(ext) or packed.is_inference():
+    if not _lut_supported(ext):
+        return None
+    if packed.is_inference():
+        _log_inference_weight()
         return None
     owner = packed._base
     if owner is None:

@@ -404,7 +404,9 @@ inline void lut_tile(const float* tab, int64_t tld, const uint8_t* wb, int64_t K
 
 // Rows [n0, n0 + MB) x blocks [ob0, ob1). K is walked in chunks of kChunk bytes so that the MB rows' tables for the
 // chunk (MB * kChunk * 128 bytes) stay in L1 while every block of the range streams its weights past them.
-template <int MB>
+// Tiles: 8 rows x 2 blocks (16 accumulators) where 8 rows are left, else MB x 4 blocks: measured 10-20% faster at
+// M = 16-40 than 4 x 4 on Zen 5, the same at M <= 8.
+template <int MB, int NB = 4>
 void lut_rows(const float* tab, int64_t tld, const uint8_t* wb, int64_t KB, int64_t n0, int64_t ob0, int64_t ob1,
               float* y, int64_t ldy) {
   constexpr int64_t kChunk = 32;
@@ -413,8 +415,8 @@ void lut_rows(const float* tab, int64_t tld, const uint8_t* wb, int64_t KB, int6
     int64_t ob = ob0;
     const float* t = tab + n0 * tld;
     float* yr = y + n0 * ldy;
-    for (; ob + 4 <= ob1; ob += 4)
-      lut_tile<MB, 4>(t, tld, wb + ob * KB * kBlock, KB, k0, k1, yr + ob * kBlock, ldy, k0 == 0);
+    for (; ob + NB <= ob1; ob += NB)
+      lut_tile<MB, NB>(t, tld, wb + ob * KB * kBlock, KB, k0, k1, yr + ob * kBlock, ldy, k0 == 0);
     for (; ob < ob1; ++ob) lut_tile<MB, 1>(t, tld, wb + ob * KB * kBlock, KB, k0, k1, yr + ob * kBlock, ldy, k0 == 0);
   }
 }
@@ -438,6 +440,7 @@ torch::Tensor lut_matmul_2d(const torch::Tensor& x, const torch::Tensor& pre, in
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, N * NG * kBlock));
   at::parallel_for(0, OB, grain, [&](int64_t ob0, int64_t ob1) {
     int64_t n = 0;
+    for (; n + 8 <= N; n += 8) lut_rows<8, 2>(tab, tld, wb, KB, n, ob0, ob1, yp, OP);
     for (; n + 4 <= N; n += 4) lut_rows<4>(tab, tld, wb, KB, n, ob0, ob1, yp, OP);
     for (; n + 2 <= N; n += 2) lut_rows<2>(tab, tld, wb, KB, n, ob0, ob1, yp, OP);
     for (; n < N; ++n) lut_rows<1>(tab, tld, wb, KB, n, ob0, ob1, yp, OP);
