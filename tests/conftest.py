@@ -141,6 +141,15 @@ def quant_train_args(toy: ToyData, fp: Path, save_dir: Path, *extra: str) -> lis
     ]
 
 
+@pytest.fixture(scope="session")
+def svcd_decoder_checkpoint(toy: ToyData, fp_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quant_transformer checkpoint with an SVCD decoder (3 updates from ``fp_checkpoint``): what gets exported."""
+    save = tmp_path_factory.mktemp("svcd")
+    fairseq("train", quant_train_args(toy, fp_checkpoint, save, "--quant-targets", "decoder", "--max-update", "3",
+                                      "--disable-validation"))
+    return save / "checkpoint_last.pt"
+
+
 def generate_args(toy: ToyData, checkpoint: Path, *extra: str) -> list[str]:
     return [
         str(toy.st_dir), "--user-dir", str(REPO / "cress_bitnet"), "--task", "speech_and_text_translation",
@@ -173,3 +182,30 @@ def base_ckpts(toy: ToyData, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     write_deltalm_data_config(toy.st_dir, out)
     return out
+
+
+KERNEL_PATHS = ["lut", "rowmajor", "avx2", "fallback"]
+
+
+@pytest.fixture(params=KERNEL_PATHS)
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every way the packed matmuls can run: the AVX-512 lookup-table kernel on prepacked weights ("lut"), the
+    native build's row-major mask kernel ("rowmajor"), a build for ``-march=haswell`` (AVX2, no AVX-512) and the torch
+    fallback. A path this CPU cannot run is skipped (it is not a failure of the code)."""
+    from cress_bitnet import kernels
+
+    monkeypatch.delenv(kernels.FORCE_FALLBACK_ENV, raising=False)
+    monkeypatch.delenv(kernels.ARCH_ENV, raising=False)
+    if request.param == "fallback":
+        monkeypatch.setenv(kernels.FORCE_FALLBACK_ENV, "1")
+    elif request.param == "avx2":
+        if "avx2" not in Path("/proc/cpuinfo").read_text():
+            pytest.skip("this CPU has no AVX2")
+        monkeypatch.setenv(kernels.ARCH_ENV, "haswell")
+        assert kernels.kernel_isa() == "avx2"
+    elif request.param == "rowmajor":
+        monkeypatch.setattr(kernels, "prepacked", lambda ext, packed: None)
+    elif not kernels.load_kernel().lut_supported():
+        pytest.skip("the lookup-table kernel needs AVX-512")
+    return request.param
+

@@ -1,18 +1,34 @@
-"""Packed ±1 / ternary matmul: compiled kernel and torch fallback against a dense reference."""
+"""Packed ±1 / ternary matmuls and the fused packed-layer forwards on every kernel path, against float64 references.
+
+Tolerances: any order of summing n fp32 terms is within (n - 1)·u·Σ|terms| of the exact sum (u = 2^-24; Higham,
+Accuracy and Stability of Numerical Algorithms, §4.2). The lookup-table kernel sums K signed inputs per output (the
+tables only regroup them); the row-major kernel forms 2·Σ_{bit=1} x − Σ x, two such sums with the first doubled, plus
+two roundings; the float64 reference is rounded once to fp32. Hence ``sum_bound`` = (3K + 2)·u·Σ|x|: proof-backed,
+and far below what a wrong sign or a dropped term of any size above it produces.
+"""
+
+import gc
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cress_bitnet import kernels
 from cress_bitnet.quantization import pack_signs, pack_ternary
+from cress_bitnet.quantization.common import fake_quant_per_token, row_group_ids
 
-IN = [13, 65, 200, 769]
-OUT = [1, 7, 33]
-BATCH = [1, 3, 17]
+SHAPES = [(1, 13), (7, 65), (33, 200), (50, 769), (17, 3)]  # out x in: odd, below/above one 16-row block, K tails
+ROWS = [1, 3, 5, 8, 17, 40, 64]
+U = 2.0**-24
 
 
 def _dense_pm1(out, inp, gen):
     return torch.where(torch.rand(out, inp, generator=gen) < 0.5, -1.0, 1.0)
+
+
+def sum_bound(x: torch.Tensor, scale: float = 1.0) -> float:
+    """Worst-case fp32 rounding of a sum of the K entries of any row of x (times |weights| <= scale)."""
+    return (3 * x.shape[-1] + 2) * U * float(x.abs().sum(-1).max()) * scale
 
 
 def test_kernel_builds_here():
@@ -21,31 +37,24 @@ def test_kernel_builds_here():
     assert kernels.kernel_isa() in ("avx512", "avx2", "scalar")
 
 
-@pytest.mark.parametrize("inp", IN)
-@pytest.mark.parametrize("out", OUT)
-@pytest.mark.parametrize("batch", BATCH)
-def test_signed_matmul_matches_dense(mode, inp, out, batch):
-    gen = torch.Generator().manual_seed(inp * 1000 + out * 10 + batch)
-    w = _dense_pm1(out, inp, gen)
-    x = torch.randn(batch, inp, generator=gen)
-    y = kernels.signed_matmul(x, pack_signs(w), inp)
+@pytest.mark.parametrize("ternary", [False, True], ids=["signs", "ternary"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("rows", ROWS)
+def test_matmul_matches_dense(kernel_path, ternary, shape, rows):
+    out, inp = shape
+    gen = torch.Generator().manual_seed(inp * 1000 + out * 10 + rows + ternary)
+    if ternary:
+        w = torch.randint(-1, 2, (out, inp), generator=gen).float()
+        y = kernels.ternary_matmul(x := torch.randn(rows, inp, generator=gen), pack_ternary(w), inp)
+    else:
+        w = _dense_pm1(out, inp, gen)
+        y = kernels.signed_matmul(x := torch.randn(rows, inp, generator=gen), pack_signs(w), inp)
     ref = (x.double() @ w.double().T).float()
-    assert y.shape == (batch, out) and y.dtype == torch.float32
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4 * inp**0.5)
+    assert y.shape == (rows, out) and y.dtype == torch.float32
+    torch.testing.assert_close(y, ref, rtol=0, atol=sum_bound(x))
 
 
-@pytest.mark.parametrize("inp", IN)
-@pytest.mark.parametrize("out", OUT)
-@pytest.mark.parametrize("batch", BATCH)
-def test_ternary_matmul_matches_dense(mode, inp, out, batch):
-    gen = torch.Generator().manual_seed(inp * 1000 + out * 10 + batch + 7)
-    t = torch.randint(-1, 2, (out, inp), generator=gen).float()
-    x = torch.randn(batch, inp, generator=gen)
-    y = kernels.ternary_matmul(x, pack_ternary(t), inp)
-    torch.testing.assert_close(y, (x.double() @ t.double().T).float(), rtol=1e-5, atol=1e-4 * inp**0.5)
-
-
-def test_leading_dims_dtype_and_strided_views(mode):
+def test_leading_dims_dtype_and_strided_views(kernel_path):
     gen = torch.Generator().manual_seed(3)
     w = _dense_pm1(24, 96, gen)
     packed = pack_signs(w)
@@ -60,6 +69,87 @@ def test_leading_dims_dtype_and_strided_views(mode):
     # column slices of x and of the packed rows (how grouped BCQ calls it): byte-aligned, row-strided
     ys = kernels.signed_matmul(x[..., 32:64], packed[:, 4:8], 32)
     torch.testing.assert_close(ys, x[..., 32:64] @ w[:, 32:64].T, rtol=1e-5, atol=1e-4)
+
+
+def test_prepack_layout():
+    ext = kernels.load_kernel()
+    packed = torch.randint(0, 256, (37, 5), dtype=torch.uint8)
+    pre = ext.prepack(packed)
+    assert pre.shape == (3, 5, 16)
+    for o in (0, 15, 16, 36):
+        assert torch.equal(pre[o // 16, :, o % 16], packed[o])
+    assert not pre[2, :, 5:].any()  # rows past O are zero
+
+
+@pytest.mark.skipif(not kernels.kernel_available() or not kernels.load_kernel().lut_supported(), reason="no LUT")
+def test_prepack_cache_follows_in_place_updates_and_frees():
+    gen = torch.Generator().manual_seed(5)
+    w = _dense_pm1(40, 72, gen)
+    x = torch.randn(4, 72, generator=gen)
+    packed = pack_signs(w)
+    torch.testing.assert_close(kernels.signed_matmul(x, packed, 72), x @ w.T, rtol=0, atol=sum_bound(x))
+    packed.copy_(pack_signs(-w))  # what load_state_dict does to a buffer: the cached layout must not survive it
+    torch.testing.assert_close(kernels.signed_matmul(x, packed, 72), -(x @ w.T), rtol=0, atol=sum_bound(x))
+    n = len(kernels._prepack_cache)
+    del packed
+    gc.collect()
+    assert len(kernels._prepack_cache) < n
+    with torch.inference_mode():  # inference tensors keep no version counter: never cached, still right
+        frozen = pack_signs(w)
+        torch.testing.assert_close(kernels.signed_matmul(x, frozen, 72), x @ w.T, rtol=0, atol=sum_bound(x))
+
+
+@pytest.mark.parametrize("per_token", [False, True], ids=["no-act-quant", "per-token"])
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_svcd_forward_matches_torch_ops(kernel_path, per_token, bias, rows):
+    gen = torch.Generator().manual_seed(rows * 4 + 2 * bias + per_token)
+    out, inp = 45, 100
+    signs = _dense_pm1(out, inp, gen)
+    ln_w, ln_b = torch.randn(inp, generator=gen), torch.randn(inp, generator=gen)
+    b = torch.randn(out, generator=gen) if bias else None
+    h = torch.rand(out, generator=gen) + 0.5
+    x = torch.randn(rows, inp, generator=gen)
+    y = kernels.svcd_forward(x, ln_w, ln_b, 1e-5, pack_signs(signs), b, h, per_token, 1e-5)
+    if kernel_path == "fallback":
+        assert y is None  # the caller runs its torch ops
+        return
+    u = F.layer_norm(x, (inp,), ln_w, ln_b, 1e-5)
+    z = (u.double() @ signs.double().T).float() + (0 if b is None else b)
+    atol = sum_bound(u)
+    if per_token:
+        step = z.abs().amax(-1, keepdim=True) / 127  # a sum at a rounding boundary may land one level away
+        z = fake_quant_per_token(z)
+        atol = atol + float(step.max())
+    torch.testing.assert_close(y, z * h, rtol=0, atol=atol * float(h.max()))
+
+
+@pytest.mark.parametrize("ternary", [False, True], ids=["b1-signs", "b158-ternary"])
+@pytest.mark.parametrize("act_bits", [0, 8, 4])
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("rows", [1, 8, 17])
+def test_normquant_forward_matches_torch_ops(kernel_path, ternary, act_bits, groups, rows):
+    gen = torch.Generator().manual_seed(rows * 100 + groups * 10 + act_bits + ternary)
+    out, inp = 50, 77
+    x = torch.randn(rows, inp, generator=gen) * 3 + 1
+    scales = torch.rand(groups, generator=gen) + 0.1
+    bias = torch.randn(out, generator=gen) if groups == 3 else None
+    if ternary:
+        w = torch.randint(-1, 2, (out, inp), generator=gen).float()
+        packed = pack_ternary(w)
+    else:
+        w = _dense_pm1(out, inp, gen)
+        packed = pack_signs(w)
+    y = kernels.normquant_forward(x, ternary, 1e-5, act_bits, 1e-5, packed, ternary, scales, bias)
+    if kernel_path == "fallback":
+        assert y is None
+        return
+    xn = F.rms_norm(x, (inp,), eps=1e-5) if ternary else F.layer_norm(x, (inp,), eps=1e-5)
+    if act_bits:
+        xn = fake_quant_per_token(xn, act_bits)
+    s = scales[row_group_ids(out, groups)]
+    ref = (xn.double() @ w.double().T * s.double()).float() + (0 if bias is None else bias)
+    torch.testing.assert_close(y, ref, rtol=0, atol=sum_bound(xn, float(scales.max())) + 1e-6)
 
 
 def test_autograd_input_uses_differentiable_path():

@@ -8,6 +8,11 @@ default ``~/.cache/torch_extensions``) with ``-O3 -march=native``. The build nam
 flags, so a shared cache never hands a binary to a CPU that lacks its instructions. Anything that stops the kernel
 (no compiler, failed build, CUDA tensors, autograd through the input, ``CRESS_BITNET_NO_KERNEL=1``) routes to the
 reference path, which unpacks to ±1 and calls ``F.linear``; the reason is logged once.
+
+On AVX-512 builds the kernel runs a lookup-table matmul (T-MAC style, see ``packed_matmul.cpp``) on a prepacked copy
+of the weight (16 output rows interleaved byte by byte). The copy is made on first use and cached per weight tensor
+(keyed on its storage, view geometry and version counter, so in-place updates such as ``load_state_dict`` invalidate
+it, and dropped when the tensor is freed): the packed bytes are held twice, which is still 16x less than fp16.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import logging
 import os
 import platform
 import shutil
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 from types import ModuleType
 
@@ -86,9 +93,9 @@ def kernel_isa() -> str | None:
 def _use_kernel(x: Tensor) -> ModuleType | None:
     if os.environ.get(FORCE_FALLBACK_ENV, "0") not in ("", "0"):
         return None
-    if x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
+    if not x.is_cpu or (x.requires_grad and torch.is_grad_enabled()):
         return None
-    return load_kernel()
+    return _build(os.environ.get(ARCH_ENV, "native"))
 
 
 def _check(x: Tensor, packed: Tensor, in_features: int, per_byte: int) -> None:
@@ -112,6 +119,64 @@ def ternary_matmul_reference(x: Tensor, packed: Tensor, in_features: int) -> Ten
     return F.linear(x, unpack_ternary(packed, in_features, dtype=x.dtype))
 
 
+PREPACK_CACHE_BYTES = 1 << 30
+"""Upper bound on the bytes of cached prepacked weights; least recently used entries go first."""
+_prepack_cache: OrderedDict[tuple, Tensor] = OrderedDict()
+_prepack_bytes = 0
+
+
+def _drop(key: tuple) -> None:
+    global _prepack_bytes
+    pre = _prepack_cache.pop(key, None)
+    if pre is not None:
+        _prepack_bytes -= pre.numel()
+
+
+@functools.cache
+def _log_inference_weight() -> None:
+    logger.info("cress_bitnet packed kernel: a packed weight is an inference tensor (created under "
+                "torch.inference_mode), which keeps no version counter, so it runs the slower row-major kernel; "
+                "build the model outside inference_mode to get the lookup-table kernel")
+
+
+@functools.cache
+def _lut_supported(ext: ModuleType) -> bool:
+    return bool(ext.lut_supported())
+
+
+def prepacked(ext: ModuleType, packed: Tensor) -> Tensor | None:
+    """The LUT layout of ``packed`` (rows interleaved by 16) from the cache, built on a miss; None where the build
+    has no LUT kernel or the tensor cannot be tracked (inference tensors keep no version counter)."""
+    global _prepack_bytes
+    if not _lut_supported(ext):
+        return None
+    if packed.is_inference():
+        _log_inference_weight()
+        return None
+    owner = packed._base
+    if owner is None:
+        owner = packed
+    key = (id(owner), packed.data_ptr(), packed.shape, packed.stride(), packed._version)
+    pre = _prepack_cache.get(key)
+    if pre is not None:
+        _prepack_cache.move_to_end(key)
+        return pre
+    pre = ext.prepack(packed)
+    _prepack_cache[key] = pre
+    _prepack_bytes += pre.numel()
+    # The entry dies with the tensor that owns the storage, so a later tensor at the same address never hits it.
+    weakref.finalize(owner, _drop, key)
+    while _prepack_bytes > PREPACK_CACHE_BYTES and len(_prepack_cache) > 1:
+        _drop(next(iter(_prepack_cache)))
+    return pre
+
+
+def clear_prepack_cache() -> None:
+    """Forget every cached prepacked weight (tests, or to free the memory)."""
+    for key in list(_prepack_cache):
+        _drop(key)
+
+
 def signed_matmul(x: Tensor, packed: Tensor, in_features: int) -> Tensor:
     """x (..., in) @ S.T for S ∈ {±1}^(out, in) packed by ``pack_signs``; returns (..., out) in x's dtype.
 
@@ -119,7 +184,9 @@ def signed_matmul(x: Tensor, packed: Tensor, in_features: int) -> Tensor:
     """
     _check(x, packed, in_features, 8)
     ext = _use_kernel(x)
-    return signed_matmul_reference(x, packed, in_features) if ext is None else ext.signed_matmul(x, packed, in_features)
+    if ext is None:
+        return signed_matmul_reference(x, packed, in_features)
+    return ext.signed_matmul(x, packed, in_features, prepacked(ext, packed))
 
 
 def ternary_matmul(x: Tensor, packed: Tensor, in_features: int) -> Tensor:
@@ -128,7 +195,7 @@ def ternary_matmul(x: Tensor, packed: Tensor, in_features: int) -> Tensor:
     ext = _use_kernel(x)
     if ext is None:
         return ternary_matmul_reference(x, packed, in_features)
-    return ext.ternary_matmul(x, packed, in_features)
+    return ext.ternary_matmul(x, packed, in_features, prepacked(ext, packed))
 
 
 def svcd_forward(
@@ -148,7 +215,33 @@ def svcd_forward(
     if ext is None:
         return None
     _check(x, signs, ln_weight.numel(), 8)
-    return ext.svcd_forward(x, ln_weight, ln_bias, ln_eps, signs, bias, h, per_token, act_eps)
+    return ext.svcd_forward(x, ln_weight, ln_bias, ln_eps, signs, bias, h, per_token, act_eps, prepacked(ext, signs))
+
+
+def normquant_forward(
+    x: Tensor,
+    rms: bool,
+    norm_eps: float,
+    act_bits: int,
+    act_eps: float,
+    packed: Tensor,
+    ternary: bool,
+    scales: Tensor,
+    bias: Tensor | None,
+) -> Tensor | None:
+    """Fused BitNet b1 (``ternary=False``: sign bits, LayerNorm) / b1.58 (``ternary=True``: ternary codes, RMSNorm)
+    inference forward, or None when the kernel cannot run (the caller then uses its torch ops).
+
+    y = (W_packed · Q(N(x))) ⊙ scales[group(o)] + bias, where N is LayerNorm without affine (``rms=False``) or
+    RMSNorm, Q the per-token absmax ``act_bits`` fake quantizer of ``common.fake_quant_per_token`` (0: none), and
+    output rows fall into ``scales.numel()`` groups as in ``common.row_group_ids``. Returns x's dtype.
+    """
+    ext = _use_kernel(x)
+    if ext is None:
+        return None
+    _check(x, packed, x.shape[-1], 4 if ternary else 8)
+    return ext.normquant_forward(x, rms, norm_eps, act_bits, act_eps, packed, ternary, scales, bias,
+                                 prepacked(ext, packed))
 
 
 __all__ = [
@@ -156,7 +249,10 @@ __all__ = [
     "FORCE_FALLBACK_ENV",
     "kernel_available",
     "kernel_isa",
+    "clear_prepack_cache",
     "load_kernel",
+    "normquant_forward",
+    "prepacked",
     "signed_matmul",
     "signed_matmul_reference",
     "svcd_forward",

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cress_bitnet.kernels import signed_matmul, ternary_matmul
+from cress_bitnet.kernels import normquant_forward, signed_matmul, ternary_matmul
 
 from ..base import PackedLinear, QuantLinear
 from ..common import (
@@ -141,6 +141,10 @@ class _PackedNormActQuant(PackedLinear):
         ...
 
     @abstractmethod
+    def _levels(self) -> Tensor:
+        """The packed weight codes (sign bits or ternary codes)."""
+
+    @abstractmethod
     def _normalize(self, x: Tensor) -> Tensor:
         ...
 
@@ -148,8 +152,14 @@ class _PackedNormActQuant(PackedLinear):
     def _matmul(self, x: Tensor) -> Tensor:
         ...
 
+    TERNARY: ClassVar[bool] = False
+
     def forward(self, x: Tensor) -> Tensor:
         cfg = self.config
+        fused = normquant_forward(x, self.TERNARY, EPS, cfg.act_bits if cfg.act_quant == "per_token" else 0, EPS,
+                                  self._levels(), self.TERNARY, self.scales, self.bias)
+        if fused is not None:
+            return fused
         xn = self._normalize(x.float())
         if cfg.act_quant == "per_token":
             xn = fake_quant_per_token(xn, cfg.act_bits)
@@ -169,6 +179,9 @@ class PackedBitLinear(_PackedNormActQuant):
     def _store_levels(self, q: Tensor) -> None:
         self.signs.copy_(pack_signs(q))
 
+    def _levels(self) -> Tensor:
+        return self.signs
+
     def _normalize(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, (self.in_features,), eps=EPS)
 
@@ -183,8 +196,13 @@ class PackedTernaryLinear(_PackedNormActQuant):
         super().build()
         self.register_buffer("codes", torch.zeros(self.out_features, -(-self.in_features // 4), dtype=torch.uint8))
 
+    TERNARY = True
+
     def _store_levels(self, q: Tensor) -> None:
         self.codes.copy_(pack_ternary(q.sign()))
+
+    def _levels(self) -> Tensor:
+        return self.codes
 
     def _normalize(self, x: Tensor) -> Tensor:
         return F.rms_norm(x, (self.in_features,), eps=EPS)
