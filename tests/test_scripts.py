@@ -174,9 +174,9 @@ CRESS_LENPEN = {"de": 1.2, "fr": 1.8, "es": 0.6, "ro": 1.4, "ru": 0.8, "it": 1.0
 STUB_PYTHON = r"""#!/usr/bin/env bash
 printf '%s\n' "$*" >>"$STUB_LOG"
 if [[ "$1" == -c ]]; then echo False; exit 0; fi
-beam=""; prev=""
-for a in "$@"; do [[ "$prev" == --beam ]] && beam="$a"; prev="$a"; done
-echo "Generate tst-COMMON with beam=$beam: BLEU = 12.34 50.0/20.0/10.0/5.0 (BP = 1.000 ratio = 1.000)"
+beam=""; subset=""; prev=""
+for a in "$@"; do [[ "$prev" == --beam ]] && beam="$a"; [[ "$prev" == --gen-subset ]] && subset="$a"; prev="$a"; done
+echo "Generate $subset with beam=$beam: BLEU = 12.34 50.0/20.0/10.0/5.0 (BP = 1.000 ratio = 1.000)"
 """
 
 
@@ -396,3 +396,43 @@ def test_demo_fingerprint_is_every_demo_setting(tmp_path: Path) -> None:
     assert settings["DEMO_ST_LR"] == "7e-4" and settings["DEMO_BEAM"] == "8" and settings["DEMO_TRAIN"] == "3000"
     assert "settings differ" not in run().stdout
     assert "settings differ from the previous run" in run(DEMO_HUBERT_POOL="2").stdout
+
+
+def test_train_cress_runs_both_stages_with_cress_flags(tmp_path: Path) -> None:
+    """CRESS's two stages: oracle_reg for CRESS_EPOCHS epochs, then _adaptive restoring checkpoint{N}.pt."""
+    stub, log = _stub_python(tmp_path)
+    data = tmp_path / "data"
+    (data / "binary").mkdir(parents=True)
+    for name in ("hubert.pt", "mt.pt"):
+        (tmp_path / name).write_bytes(b"")
+    ck = tmp_path / "ck"
+    (ck / "en-de.cress").mkdir(parents=True)
+    (ck / "en-de.cress" / "checkpoint3.pt").write_bytes(b"")  # what stage 1 would have written
+    env = {"TGT": "de", "DATA": str(data), "HUBERT": str(tmp_path / "hubert.pt"), "MT_CKPT": str(tmp_path / "mt.pt"),
+           "CKPT_ROOT": str(ck), "CRESS_EPOCHS": "3", "PYTHON": str(stub), "STUB_LOG": str(log)}
+    sh("train_cress.sh", env=env)
+    runs = [line for line in log.read_text().splitlines() if line.startswith("-m fairseq_cli.train")]
+    assert len(runs) == 2
+    first, second = runs
+    assert _flag(first, "--criterion") == "speech_and_text_translation_with_oracle_reg"
+    assert _flag(second, "--criterion") == "speech_and_text_translation_with_oracle_reg_adaptive"
+    assert _flag(first, "--max-epoch") == "3" and _flag(first, "--save-dir") == f"{ck}/en-de.cress"
+    for argv in runs:
+        assert "--use-word-level-oracle" in argv and _flag(argv, "--decay-k") == "15"
+        assert _flag(argv, "--reg-loss-type") == "jsd" and "--mt-finetune" not in argv.split()
+    assert "--adaptive-base" not in first and _flag(second, "--adaptive-base") == "0.7"
+    assert second.split()[-3:] == ["--restore-file", f"{ck}/en-de.cress/checkpoint3.pt", "--reset-optimizer"]
+    assert _flag(second, "--save-dir") == f"{ck}/en-de.cress_adaptive"
+
+
+def test_generate_mt_mode_decodes_the_text_split(tmp_path: Path) -> None:
+    (tmp_path / "data" / "binary").mkdir(parents=True)
+    (tmp_path / "data" / "binary" / "test.en-de.en.bin").write_bytes(b"")
+    proc, gen = _generate_with_stub(tmp_path, {"TGT": "de", "MODE": "mt"})
+    assert proc.returncode == 0, proc.stderr
+    argv = gen[0]
+    assert _flag(argv, "--gen-subset") == "test" and "--ext-mt-training" in argv.split()
+    assert _flag(argv, "--text-data") == f"{tmp_path}/data/binary"
+    bad = sh("generate.sh", env={"TGT": "de", "MODE": "speech", "DATA": str(tmp_path / "data"),
+                                 "CKPT": str(tmp_path / "model.pt")}, check=False)
+    assert bad.returncode != 0 and "MODE must be st or mt" in bad.stderr
