@@ -161,6 +161,16 @@ class PackedLinear(_ConfiguredLinear):
             packed.bias.copy_(layer.bias.detach())
         return packed.to(layer.weight.device)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A packed file stores its auxiliary vectors in fp16 by default; one exported with another float dtype (e.g.
+        # fp32 for exactness checks) keeps it instead of being rounded into this layer's fp16 buffers.
+        for name, buf in list(self._buffers.items()):
+            incoming = state_dict.get(prefix + name)
+            if (buf is not None and isinstance(incoming, Tensor) and buf.is_floating_point()
+                    and incoming.is_floating_point() and incoming.dtype != buf.dtype):
+                self._buffers[name] = buf.to(incoming.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _aux(self, name: str, *shape: int) -> None:
         self.register_buffer(name, torch.zeros(shape, dtype=self.aux_dtype))
 
