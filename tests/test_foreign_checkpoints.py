@@ -220,3 +220,65 @@ def test_onebit_st_arch_names_are_registered() -> None:
         args = Namespace()
         ARCH_CONFIG_REGISTRY[name](args)
         assert (args.encoder_normalize_before, args.decoder_normalize_before) == (pre_ln, pre_ln)
+
+
+# ---------------------------------------------------------------- the quant_transformer side (after the merge)
+
+
+def test_onebit_svcd_equals_the_same_weights_loaded_natively(toy: ToyData, fp_checkpoint: Path,
+                                                             foreign_checkpoints: dict[str, Path]) -> None:
+    """fairseq's loader on the onebit-st file vs our SVCD layers (seed activation rescale) holding the same tensors."""
+    from cress_bitnet.quantization import QuantRecord, SVCDConfig, quantize_
+
+    task, _ = _task(toy, "--hubert-model-path", str(toy.hubert))
+    models, _ = checkpoint_utils.load_model_ensemble([str(foreign_checkpoints["onebit_svcd"])], task=task,
+                                                     arg_overrides={"hubert_model_path": str(toy.hubert)})
+    loaded = models[0]
+    record = QuantRecord.of_model(loaded)
+    assert len(record.modules) == 8 and {c.act_quant for c in record.modules.values()} == {"seed"}
+    native, _ = build_fp_model(str(fp_checkpoint), task, flag="--pretrained-st-checkpoint")
+    quantize_(native, SVCDConfig(act_quant="seed"), "decoder.layers.*.encoder_attn.*_proj")
+    native.load_state_dict(loaded.state_dict())  # same tensor names: exactly the file's BitLinear tensors
+    raw = torch.load(foreign_checkpoints["onebit_svcd"], weights_only=True)["model"]
+    for key in ("decoder.layers.1.encoder_attn.v_proj.g", "decoder.layers.0.encoder_attn.q_proj.norm.bias"):
+        assert torch.equal(native.state_dict()[key], raw[key])
+    batch = _batch(task)
+    assert torch.equal(_teacher_forced(loaded, batch), _teacher_forced(native, batch))
+
+
+@pytest.mark.slow
+def test_onebit_svcd_decodes_and_trains_one_more_update(toy: ToyData, foreign_checkpoints: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    path = foreign_checkpoints["onebit_svcd"]
+    log = output(fairseq("generate", generate_args(
+        toy, path, "--model-overrides", repr({"hubert_model_path": str(toy.hubert)}))))
+    assert "onebit-st SVCD" in log and len(re.findall(r"^H-\d+\t", log, flags=re.M)) == 6
+    done = torch.load(path, weights_only=True)["optimizer_history"][-1]["num_updates"]
+    args = [str(toy.st_dir), "--user-dir", str(REPO / "cress_bitnet"), "--task", "speech_and_text_translation",
+            "--config-yaml", "config.yaml", "--train-subset", "train", "--valid-subset", "dev", "--st-training",
+            "--arch", "quant_transformer", "--hubert-model-path", str(toy.hubert), "--quant-act", "per_token",
+            "--restore-file", str(path), "--reset-optimizer", "--criterion", "speech_and_text_translation",
+            "--optimizer", "adam", "--lr", "1e-4", "--max-tokens", "400000", "--max-update", str(done + 1),
+            "--save-dir", str(tmp_path), "--disable-validation", "--cpu", "--num-workers", "0", "--seed", "1"]
+    train = output(fairseq("train", args))
+    assert "rebuilding the quantized model recorded in the checkpoint being resumed" in train
+    saved = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    assert saved["optimizer_history"][-1]["num_updates"] == done + 1
+    from cress_bitnet.quantization import QuantRecord
+
+    record = QuantRecord.from_args(saved["cfg"]["model"])  # switched to per-token activations by the flag
+    assert len(record.modules) == 8 and {c.act_quant for c in record.modules.values()} == {"per_token"}
+
+
+@pytest.mark.slow
+def test_cress_checkpoint_starts_a_quant_transformer_run(toy: ToyData, foreign_checkpoints: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """The paper's workflow from an existing CRESS FP model: --pretrained-st-checkpoint cress.pt, then SVCD."""
+    from conftest import quant_train_args
+
+    log = output(fairseq("train", quant_train_args(toy, foreign_checkpoints["cress"], tmp_path, "--hubert-model-path",
+                                                   str(toy.hubert), "--max-update", "1", "--disable-validation")))
+    assert "recognised as a CRESS" in log and re.search(r"8 modules swapped for svcd", log)
+    saved = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    assert saved["optimizer_history"][-1]["num_updates"] == 1 and "encoder.hubert_model.label_embs_concat" not in \
+        saved["model"]
