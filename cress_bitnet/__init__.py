@@ -18,4 +18,7 @@ if importlib.util.find_spec("fairseq") is not None:
     from cress_bitnet.distributed import install_cpu_distributed_fixes
 
     install_cpu_distributed_fixes()
+    from cress_bitnet.fairseq_fp16 import install_cpu_fp16_fixes
+
+    install_cpu_fp16_fixes()
     from cress_bitnet import criterions, models, tasks  # noqa: F401  (registration side effects)
