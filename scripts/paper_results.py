@@ -140,11 +140,13 @@ def plot_curves(rows: list[dict], names: list[str], out: Path, title: str) -> No
     ax.set_xlabel("update")
     ax.set_ylabel("training loss (fp16)")
     ax.set_title(title + " (thin lines: gradient overflows, x: stopped)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax2.set_xlabel("update")
     ax2.set_ylabel("fp16 loss scale")
-    ax2.set_yscale("log")
-    ax2.legend(fontsize=8)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.set_yscale("log")
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
