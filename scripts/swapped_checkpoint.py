@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cress_bitnet  # noqa: E402, F401  (registers the models and the weights_only allowlist)
 from cress_bitnet.checkpoints import load_checkpoint  # noqa: E402
 from cress_bitnet.fileio import atomic_output  # noqa: E402
+
+
+def check_fp_weights(model: torch.nn.Module, fp_path: str) -> None:
+    """Every tensor outside the swapped layers must be the FP checkpoint's, bit for bit (else this is not the start)."""
+    from cress_bitnet.quantization import QuantLinear
+
+    swapped = [n + "." for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    fp = load_checkpoint(fp_path, what="FP checkpoint", flag="--pretrained-st-checkpoint")["model"]
+    state = model.state_dict()
+    shared = [k for k in fp if k in state and not any(k.startswith(p) for p in swapped)]
+    bad = [k for k in shared if not torch.equal(fp[k], state[k])]
+    if not shared or bad:
+        sys.exit(f"error: the rebuilt model does not hold the FP weights of {fp_path} ({len(bad)} of {len(shared)} "
+                 f"tensors differ, e.g. {bad[:3]})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     np.random.seed(cfg.common.seed)  # as fairseq_cli.train before it builds the model
     utils.set_torch_seed(cfg.common.seed)
     task = tasks.setup_task(cfg.task)
-    model = task.build_model(model_args)
+    save_dir, restore = model_args.save_dir, getattr(model_args, "restore_file", None)
+    with tempfile.TemporaryDirectory() as empty:  # else the run's checkpoint_last.pt reads as a run to resume
+        model_args.save_dir, model_args.restore_file = empty, "checkpoint_last.pt"
+        model = task.build_model(model_args)
+    model_args.save_dir, model_args.restore_file = save_dir, restore
+    check_fp_weights(model, model_args.pretrained_st_checkpoint)
     raw["cfg"]["model"] = model_args  # now holds the record of this exact swap
     raw["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     raw.pop("last_optimizer_state", None)
