@@ -28,8 +28,9 @@ from cress_bitnet.models.hubert_transformer import (
 )
 from cress_bitnet.models.restore import args_to_resume
 from cress_bitnet.models.st_checkpoint import build_fp_model
-from cress_bitnet.quantization import METHODS, QuantRecord, linear_deploy_bytes, make_config, quantize_
+from cress_bitnet.quantization import METHODS, QuantRecord, linear_deploy_bytes, make_config
 from cress_bitnet.quantization.base import check_finite_quantizers
+from cress_bitnet.quantization.calibration import quantize_calibrated_
 from cress_bitnet.quantization.planner import plan_for_budget
 from cress_bitnet.quantization.presets import TARGET_PRESETS, expand_targets
 from cress_bitnet.quantization.registry import generic_flags
@@ -50,7 +51,7 @@ class QuantTransformerModel(HubertTransformerModel):
             a("--" + flag.replace("_", "-"), type=spec["type"], choices=spec["choices"], help=spec["help"])
         a("--quant-targets", help="presets (" + ", ".join(TARGET_PRESETS) + ") or fnmatch patterns, comma separated")
         a("--quant-budget-mb", type=float, help="methods with --quant-bits: fit the swapped layers into this many MB")
-        a("--quant-calib-samples", type=int, help="unlabeled training utterances for the budget planner")
+        a("--quant-calib-samples", type=int, help="unlabeled training utterances (budget planner, calibrated init)")
         a("--quant-record", help="(internal) JSON quantization record: per-module configs, packed or not")
 
     @classmethod
@@ -90,13 +91,11 @@ class QuantTransformerModel(HubertTransformerModel):
         if ignored:
             logger.warning(f"quant_transformer: {ignored} (--quant-*) do not apply to {args.quant_method}; ignored")
         targets = expand_targets(args.quant_targets)
+        run = lambda: calibrate(model, task, args.quant_calib_samples)  # noqa: E731  (unlabeled; planner + init)
         if args.quant_budget_mb:
             names = select_modules(plain_linears(model), targets)
-            configs = plan_for_budget(model, names, config, args.quant_budget_mb,
-                                      lambda: calibrate(model, task, args.quant_calib_samples))
-            use_module_path_attention(model, quantize_(model, configs))
-        else:
-            use_module_path_attention(model, quantize_(model, config, targets))
+            config, targets = plan_for_budget(model, names, config, args.quant_budget_mb, run), None
+        quantize_calibrated_(model, config, targets, run, lambda names: use_module_path_attention(model, names))
         return model
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, model_cfg: Any = None, args: Any = None) -> Any:

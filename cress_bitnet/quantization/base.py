@@ -67,8 +67,9 @@ class QuantLinear(_ConfiguredLinear):
     """Training form: latent fp ``weight``/``bias`` plus a quantized forward with straight-through gradients.
 
     Subclasses implement :meth:`quantized_weight`, :meth:`deployable_bits` and ``forward``; they add parameters in
-    :meth:`build` and may override :meth:`init_from_weight` for data-dependent initialisation (run again after the
-    trained weights are copied in by :meth:`from_linear`).
+    :meth:`build` and may override :meth:`init_from_weight` for weight-dependent initialisation (run again after the
+    trained weights are copied in by :meth:`from_linear`) and :meth:`init_from_data` for a fit to the trained layer's
+    outputs on real activations (label-free calibration, see :mod:`.calibration`).
     """
 
     FACTORY_KEYS = ("device", "dtype")
@@ -94,8 +95,11 @@ class QuantLinear(_ConfiguredLinear):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, config: QuantConfig | None = None, **options: Any) -> Self:
-        """Build from a trained nn.Linear: copy W and b bit for bit, then run the data-dependent init."""
+    def from_linear(cls, linear: nn.Linear, config: QuantConfig | None = None, *,
+                    calibration_inputs: Tensor | None = None, **options: Any) -> Self:
+        """Build from a trained nn.Linear: copy W and b bit for bit, then run the weight-dependent init, and — when
+        ``calibration_inputs`` (tokens, ..., in) of this layer are given and the config wants it — fit the layer's
+        outputs to ``linear``'s on them (:meth:`init_from_data`)."""
         w = linear.weight
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, config=config,
                      device=w.device, dtype=w.dtype, **options)
@@ -104,10 +108,23 @@ class QuantLinear(_ConfiguredLinear):
             if linear.bias is not None:
                 module.bias.copy_(linear.bias)
         module.init_from_weight()
+        if calibration_inputs is not None and cls.needs_calibration(module.config):
+            with torch.no_grad():
+                x = calibration_inputs.detach().reshape(-1, linear.in_features).to(w.device)
+                module.init_from_data(x, linear(x.to(w.dtype)))
         return module
 
     def init_from_weight(self) -> None:
-        """Data-dependent initialisation from the current latent weight; default: nothing."""
+        """Weight-dependent initialisation from the current latent weight; default: nothing."""
+
+    @classmethod
+    def needs_calibration(cls, config: QuantConfig) -> bool:
+        """Whether ``config`` asks for :meth:`init_from_data` (default: never)."""
+        return False
+
+    def init_from_data(self, inputs: Tensor, targets: Tensor) -> None:
+        """Fit the free parameters so that ``self(inputs) ≈ targets`` (inputs (N, in), targets (N, out), the trained
+        layer's outputs); default: nothing (the method has no data-dependent init)."""
 
     @abstractmethod
     def quantized_weight(self) -> Tensor:

@@ -32,8 +32,13 @@ from ..config import QuantConfig, option
 from ..packing import pack_signs, packed_bits
 from ..registry import register_method
 
-SVCD_INITS = ("constraint", "unconstrained", "svd", "signvalue")
-WEIGHT_INITS = ("svd", "signvalue")  # computed from the (copied) weight
+SVCD_INITS = ("constraint", "unconstrained", "svd", "signvalue", "calibrated")
+WEIGHT_INITS = ("svd", "signvalue", "calibrated")  # computed from the (copied) weight; calibrated starts as signvalue
+CALIBRATION_STEPS = 25
+"""Alternating least-squares sweeps of the calibrated init (each sweep never raises the fitted error)."""
+MIN_H_FRACTION = 0.1
+"""|h| >= this fraction of mean |h| (as signvalue): a near-zero h would make b = c / h huge and blow up the per-token
+8-bit scale and fp16 range."""
 SVCD_ACT_QUANT = ("per_token", "seed", "none")
 LN_EPS = 1e-5
 """Epsilon of the layer's own LayerNorm (nn.LayerNorm's default), shared by the training and the packed form."""
@@ -47,6 +52,12 @@ class SVCDConfig(QuantConfig):
     num_groups: int = option(1, low=1, flag="quant_groups", help="weight groups over output rows")
     init: str = option("constraint", choices=SVCD_INITS, flag="quant_init", help="SVCD g/h init")
     act_quant: str = option("per_token", choices=SVCD_ACT_QUANT, flag="quant_act", help="activation quantizer")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init == "calibrated" and self.act_quant == "seed":
+            raise ValueError("svcd: init 'calibrated' fits per-token outputs; the seed's whole-batch rescale makes a "
+                             "layer's output scale depend on the batch, so it cannot be calibrated (use per_token)")
 
     def check_shape(self, in_features: int, out_features: int) -> None:
         check_num_groups(self.num_groups, out_features)
@@ -62,8 +73,9 @@ class SVCDLinear(QuantLinear):
     ``act_quant``: "per_token" (8-bit absmax per token, dequantized, STE; a token never depends on other
     tokens), "seed" (the seed's whole-tensor rescale to ±128, for reproducing the paper only) or "none".
 
-    ``init`` of g (in) and h (out): "constraint" U(±1/√in) (paper), "unconstrained" U(±1), or "svd"
-    (rank-1 SVD of W: g = Vᵀ[0, :], h = U[:, 0]).
+    ``init`` of g (in) and h (out): "constraint" U(±1/√in) (paper), "unconstrained" U(±1), "svd"
+    (rank-1 SVD of W: g = Vᵀ[0, :], h = U[:, 0]), "signvalue" (see :meth:`init_from_weight`) or "calibrated"
+    (signvalue, then fitted to the trained layer's outputs on real activations: :meth:`init_from_data`).
 
     Implementation note: g is folded into the LayerNorm affine (LN(x)·w·g + b·g) so the forward does
     not spend an extra full-size multiply; mathematically identical to LayerNorm(x) ⊙ g.
@@ -123,6 +135,77 @@ class SVCDLinear(QuantLinear):
         self.g.copy_((v0 * scale).clamp_min(0))
         if self.bias is not None:
             self.bias.copy_(self.bias.float() / h)
+
+    @classmethod
+    def needs_calibration(cls, config: QuantConfig) -> bool:
+        return config.init == "calibrated"
+
+    @torch.no_grad()
+    def init_from_data(self, inputs: Tensor, targets: Tensor) -> None:
+        """``calibrated``: fit g, h and b so that the layer reproduces the trained layer's outputs ``targets`` (N, out)
+        on its real inputs ``inputs`` (N, in), the sign matrix S = sign(W − α) and the LayerNorm affine kept.
+
+        Without the 8-bit activation rounding the layer computes y_n = h ⊙ (S (g ⊙ u_n) + b) with u_n = LN(x_n),
+        i.e. y_ni = h_i p_ni + c_i with p = U diag(g) Sᵀ and c = h ⊙ b. Minimising Σ_n ‖y_n − t_n‖² is linear in
+        (h, c) for fixed g and linear in g for fixed (h, c), so alternating least squares solves each half exactly:
+
+        * (h, c) | g: one 1-D regression with intercept per output, h_i = cov(p_i, t_i) / var(p_i),
+          c_i = mean(t_i) − h_i mean(p_i);
+        * g | (h, c): the normal equations G g = r with G = (UᵀU) ⊙ (Sᵀ diag(h²) S) (Hadamard product, in × in) and
+          r = colsum(U ⊙ ((T − c) diag(h) S)), solved with a tiny ridge (1e-6 of G's mean diagonal).
+
+        Each half-step cannot raise the error, so starting from the signvalue init (g ≥ 0, h > 0, the best
+        sign-times-rank-1 fit of W) the fit is at least as good as signvalue on these inputs. fp16-safe bounds: |h|
+        is kept ≥ 0.1 · mean |h| (c refitted after the clamp, b = c / h stays bounded) and (g, h) are rescaled so that
+        p has unit RMS (the split of scale between g and h is free). The layer's forward (with its activation
+        quantizer) is then compared with the start and the better of the two is kept. Deterministic (no sampling).
+        Unlike signvalue this also reproduces layers fed with raw inputs (fc2 after ReLU, attention out_proj), as far
+        as the layer's own LayerNorm (which removes each token's mean and scale) allows.
+        """
+        x, t = inputs.reshape(-1, self.in_features).double(), targets.reshape(-1, self.out_features).double()
+        if x.shape[0] != t.shape[0] or x.shape[0] < 2:
+            raise ValueError(f"calibration needs >= 2 matching (input, target) rows, got {x.shape[0]}, {t.shape[0]}")
+        if not bool(torch.isfinite(x).all() & torch.isfinite(t).all()):
+            raise ValueError("calibration inputs or targets hold NaN/inf")
+        start = {n: p.detach().clone() for n, p in (("g", self.g), ("h", self.h), ("bias", self.bias)) if p is not None}
+        u = F.layer_norm(x, (self.in_features,), self.norm.weight.double(), self.norm.bias.double(), self.norm.eps)
+        s = sign_pm1(self.weight.double() - row_group_mean(self.weight, self.num_groups).double())
+        g = self.g.double().clone()
+        t_mean, has_bias = t.mean(0), self.bias is not None
+        gram_u = u.T @ u
+
+        def fit_hc(g: Tensor) -> tuple[Tensor, Tensor]:
+            p = (u * g) @ s.T
+            pc = p - p.mean(0)
+            h = (pc * (t - t_mean)).sum(0) / (pc * pc).sum(0).clamp_min(1e-30)
+            floor = MIN_H_FRACTION * h.abs().mean().clamp_min(1e-12)
+            h = torch.where(h >= 0, h.clamp_min(floor), h.clamp_max(-floor))
+            c = t_mean - h * p.mean(0) if has_bias else torch.zeros_like(h)
+            return h, c
+
+        h, c = fit_hc(g)
+        for _ in range(CALIBRATION_STEPS):
+            gram = gram_u * ((s * (h * h)[:, None]).T @ s)
+            rhs = (u * (((t - c) * h) @ s)).sum(0)
+            ridge = 1e-6 * gram.diagonal().mean().clamp_min(1e-30)
+            g = torch.linalg.solve(gram + ridge * torch.eye(self.in_features, dtype=gram.dtype), rhs)
+            h, c = fit_hc(g)
+        rms = ((u * g) @ s.T).pow(2).mean().sqrt().clamp_min(1e-12)
+        g, h = g / rms, h * rms
+
+        def error() -> float:
+            return float((self(inputs.to(self.weight.dtype)).double().reshape_as(t) - t).norm())
+
+        before = error()
+        if bool(torch.isfinite(g).all() & torch.isfinite(h).all() & torch.isfinite(c / h).all()):
+            self.g.copy_(g)
+            self.h.copy_(h)
+            if has_bias:
+                self.bias.copy_(c / h)
+            if error() <= before:
+                return
+        for name, value in start.items():  # the fit did not help (or was not finite): keep the start
+            getattr(self, name).copy_(value)
 
     def binary_weight(self) -> Tensor:
         """±1 matrix sign(W_k − mean W_k) in W's dtype, with the (centred) straight-through gradient."""
