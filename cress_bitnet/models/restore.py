@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from argparse import Namespace
 
-from cress_bitnet.checkpoints import load_checkpoint
-from cress_bitnet.models.st_checkpoint import st_model_args
+from cress_bitnet.checkpoints import load_checkpoint, saved_model_args, upgrade_to_native
 
 
 def restore_path(args: Namespace) -> str:
@@ -28,5 +27,6 @@ def args_to_resume(args: Namespace) -> Namespace | None:
     path = restore_path(args)
     if not os.path.isfile(path):
         return None
-    return st_model_args(load_checkpoint(path, what="checkpoint to resume", flag="--restore-file"), path,
-                         "--restore-file")
+    state = load_checkpoint(path, what="checkpoint to resume", flag="--restore-file")
+    upgrade_to_native(state, path)  # what fairseq's own loader will see (e.g. an onebit-st file's quant record)
+    return saved_model_args(state)
