@@ -32,9 +32,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cress_bitnet.quantization.packed import PackedSVCDLinear, buffer_nbytes, build_packed_like  # noqa: E402
+
 from cress_bitnet.kernels import kernel_isa, signed_matmul  # noqa: E402
 from cress_bitnet.quantization import SVCDLinear, pack_signs  # noqa: E402
-from cress_bitnet.quantization.packed import PackedSVCDLinear, buffer_nbytes, build_packed_like  # noqa: E402
 
 SHAPES = [(512, 512), (768, 768), (768, 3072), (3072, 768)]  # out x in
 BATCHES = [1, 8, 64]

@@ -165,6 +165,10 @@ def install_fairseq_load_errors() -> None:
 
     @functools.wraps(original)
     def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):  # type: ignore[no-untyped-def]
+        from cress_bitnet import safetensors_format  # safetensors files are read without pickle (export --format)
+
+        if safetensors_format.is_safetensors(path):
+            return safetensors_format.fairseq_load_checkpoint(path, arg_overrides)
         try:
             return original(path, arg_overrides, load_on_all_ranks)
         except FileNotFoundError:

@@ -127,6 +127,15 @@ def quant_train_args(toy: ToyData, fp: Path, save_dir: Path, *extra: str) -> lis
     ]
 
 
+@pytest.fixture(scope="session")
+def svcd_decoder_checkpoint(toy: ToyData, fp_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """quant_transformer with SVCD decoder layers, 3 updates from ``fp_checkpoint`` (the exporter's input)."""
+    save = tmp_path_factory.mktemp("svcd")
+    fairseq("train", quant_train_args(toy, fp_checkpoint, save, "--quant-targets", "decoder", "--max-update", "3",
+                                      "--disable-validation"))
+    return save / "checkpoint_last.pt"
+
+
 def generate_args(toy: ToyData, checkpoint: Path, *extra: str) -> list[str]:
     return [
         str(toy.st_dir), "--user-dir", str(REPO / "cress_bitnet"), "--task", "speech_and_text_translation",

@@ -7,9 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 import torch
-from conftest import ToyData, fairseq, generate_args, output, quant_train_args, run_tool
+from conftest import ToyData, fairseq, generate_args, output, run_tool
 
 import cress_bitnet  # noqa: F401
 from cress_bitnet.export import export_state
@@ -18,14 +17,6 @@ from cress_bitnet.quantization import QuantRecord
 
 def hypotheses(log: str) -> dict[int, str]:
     return {int(i): h for i, h in re.findall(r"^H-(\d+)\t\S+\t(.*)$", log, flags=re.M)}
-
-
-@pytest.fixture(scope="module")
-def svcd_decoder_checkpoint(toy: ToyData, fp_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    save = tmp_path_factory.mktemp("svcd")
-    fairseq("train", quant_train_args(toy, fp_checkpoint, save, "--quant-targets", "decoder", "--max-update", "3",
-                                      "--disable-validation"))
-    return save / "checkpoint_last.pt"
 
 
 def test_export_then_generate_gives_identical_hypotheses(toy: ToyData, svcd_decoder_checkpoint: Path,
