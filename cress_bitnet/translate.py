@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import tempfile
 import time
@@ -44,6 +45,7 @@ class Result:
     translation: str
     audio_seconds: float
     compute_seconds: float
+    score: float  # the hypothesis' score (length-normalised log-probability, base 2), as fairseq-generate prints it
 
     @property
     def rtf(self) -> float:
@@ -51,7 +53,7 @@ class Result:
         return self.compute_seconds / self.audio_seconds if self.audio_seconds > 0 else 0.0
 
     def to_json(self) -> str:
-        return json.dumps({"file": self.file, "translation": self.translation,
+        return json.dumps({"file": self.file, "translation": self.translation, "score": round(self.score, 4),
                            "audio_seconds": round(self.audio_seconds, 4),
                            "compute_seconds": round(self.compute_seconds, 4), "rtf": round(self.rtf, 4)},
                           ensure_ascii=False)
@@ -129,18 +131,18 @@ class Translator:
 
     def _detok(self, tokens: torch.Tensor) -> str:
         """As fairseq-generate's D- line: dictionary string without stripped symbols, then BPE and tokenizer decode."""
-        from fairseq import utils
+        from fairseq_cli.generate import get_symbols_to_strip_from_output
 
         text = self.task.target_dictionary.string(
-            tokens.int().cpu(), None, extra_symbols_to_ignore=utils.get_symbols_to_strip_from_output(self.generator))
+            tokens.int().cpu(), None, extra_symbols_to_ignore=get_symbols_to_strip_from_output(self.generator))
         if self.bpe is not None:
             text = self.bpe.decode(text)
         if self.tokenizer is not None:
             text = self.tokenizer.decode(text)
         return text
 
-    def translate(self, waves: list[torch.Tensor]) -> list[str]:
-        """Translations of 16 kHz mono waveforms, decoded together as one batch."""
+    def translate(self, waves: list[torch.Tensor]) -> list[tuple[str, float]]:
+        """(translation, score) of 16 kHz mono waveforms, decoded together as one batch."""
         from fairseq import utils
 
         samples = []
@@ -153,9 +155,9 @@ class Translator:
         prefix = sample["target"][:, : self.prefix] if self.prefix else None
         with torch.no_grad():
             hypos = self.task.inference_step(self.generator, self.models, sample, prefix_tokens=prefix)
-        out = [""] * len(waves)
+        out = [("", 0.0)] * len(waves)
         for sid, hypo in zip(sample["id"].tolist(), hypos):
-            out[sid] = self._detok(hypo[0]["tokens"])
+            out[sid] = self._detok(hypo[0]["tokens"]), float(hypo[0]["score"]) / math.log(2)
         return out
 
 
@@ -181,7 +183,7 @@ def run(translator: Translator, files: list[Path], batch_size: int, out: TextIO,
                 waves[i] = read_audio(AudioRef(str(path), None, None, "file"))
             except AudioError as err:
                 errors.append(str(err))
-        translations: dict[int, str] = {}
+        translations: dict[int, tuple[str, float]] = {}
         seconds = 0.0
         if waves:
             start = time.perf_counter()
@@ -195,7 +197,8 @@ def run(translator: Translator, files: list[Path], batch_size: int, out: TextIO,
                     out.write("\n")  # keeps line i = file i; the error is reported at the end
                 continue
             audio_seconds = len(waves[i]) / SAMPLE_RATE
-            result = Result(str(path), translations[i], audio_seconds, seconds * len(waves[i]) / total)
+            text, score = translations[i]
+            result = Result(str(path), text, audio_seconds, seconds * len(waves[i]) / total, score)
             out.write((result.to_json() if fmt == "jsonl" else result.translation) + "\n")
         out.flush()
         bar.update(len(batch))
