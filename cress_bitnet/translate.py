@@ -83,6 +83,7 @@ class Translator:
                  spm_model: str | None = None, beam: int = 5, lenpen: float = 1.0, max_len_a: float = 0.0,
                  max_len_b: int = 200, device: str = "cpu") -> None:
         from fairseq import checkpoint_utils
+        from fairseq.data import Dictionary
         from fairseq.dataclass.configs import GenerationConfig
 
         import cress_bitnet  # noqa: F401 - registers the task, the models and the safe loader
@@ -104,8 +105,6 @@ class Translator:
         config_path = write_resources(state.get("task_state"), self._tmp.name, checkpoint=checkpoint,
                                       data_config=data_config, vocab=vocab, spm_model=spm_model)
         data_cfg = SpeechDataConfig.load(config_path)
-        from fairseq.data import Dictionary
-
         dictionary = Dictionary.load(str(data_cfg.vocab_path))
         args = copy.copy(task_args)
         args.data, args.config_yaml, args.eval_bleu = self._tmp.name, config_path.name, False

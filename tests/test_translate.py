@@ -173,18 +173,27 @@ def test_safetensors_loads_without_pickle(exported: dict[str, Path], audio_dir: 
     def no_pickle(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("torch.load called while reading a safetensors checkpoint")
 
-    monkeypatch.setattr(torch, "load", no_pickle)
-    monkeypatch.setattr(torch.serialization, "load", no_pickle)
-    state = load_state(exported["safetensors"])
-    model = state["model"]
-    emb, proj = model["decoder.embed_tokens.weight"], model["decoder.output_projection.weight"]
-    assert emb.data_ptr() == proj.data_ptr()  # tied again after loading
     from safetensors import safe_open
 
+    packed_pt = torch.load(exported["pt"], weights_only=True)["model"]  # the same export as a torch checkpoint
+    first: dict[int, str] = {}
+    tied = {}
+    for k, v in packed_pt.items():
+        if first.setdefault(v.data_ptr(), k) != k:
+            tied[k] = first[v.data_ptr()]
+    assert tied  # the toy model shares its embedding between the text encoder and the decoder
+    monkeypatch.setattr(torch, "load", no_pickle)
+    monkeypatch.setattr(torch.serialization, "load", no_pickle)
+    model = load_state(exported["safetensors"])["model"]
+    assert set(model) == set(packed_pt)
+    for k, v in packed_pt.items():
+        assert model[k].dtype == v.dtype and torch.equal(model[k], v), k
     with safe_open(str(exported["safetensors"]), framework="pt") as f:
         stored = set(f.keys())  # noqa: SIM118
         meta = f.metadata()
-    assert "model.decoder.embed_tokens.weight" in stored and "model.decoder.output_projection.weight" not in stored
+    for alias, key in tied.items():  # stored once, tied again after loading
+        assert "model." + key in stored and "model." + alias not in stored
+        assert model[alias].data_ptr() == model[key].data_ptr()
     assert json.loads(meta["quant_record"])["packed"] is True
     assert json.loads(meta["model_args"])["arch"] == "quant_transformer"
     out = tmp_path / "out.txt"
