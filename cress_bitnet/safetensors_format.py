@@ -8,8 +8,8 @@ never runs pickle, so a downloaded file cannot execute code even in principle â€
 * ``model_args``: the model's argparse Namespace (``cfg["model"]``), its JSON-able fields, enough to rebuild the model
   (the quantization record is one of them, ``quant_record``, and repeated as ``quant_record`` for readers);
 * ``num_updates``: the training step, which fairseq sets on the model before loading;
-* ``tied``: JSON ``{alias: stored_key}`` for tensors that share storage (the output projection and the embedding):
-  each is stored once;
+* ``tied``: JSON ``{alias: stored_key}`` for tensors that share storage (a text encoder's and a decoder's shared
+  embedding, an output projection tied to the embedding): each is stored once and tied again when read;
 * ``task_state``: JSON of the task state's string entries (data config, dictionary â€” see
   :mod:`cress_bitnet.resources`); its tensors (the SentencePiece model) are stored as ``task_state.NAME``.
 
