@@ -26,8 +26,11 @@ setup(
         "matplotlib",
         # torch.utils.cpp_extension builds the packed 1-bit CPU kernel on first use with ninja
         "ninja",
+        # cress-bitnet-export --format safetensors: packed checkpoints that load without any unpickling
+        "safetensors",
     ],
     package_data={"cress_bitnet.kernels": ["*.cpp"]},
     extras_require={"dev": ["pytest", "ruff"]},
-    entry_points={"console_scripts": ["cress-bitnet-export=cress_bitnet.export:main"]},
+    entry_points={"console_scripts": ["cress-bitnet-export=cress_bitnet.export:main",
+                                      "cress-bitnet-translate=cress_bitnet.translate:main"]},
 )

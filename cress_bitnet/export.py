@@ -1,6 +1,6 @@
 """Export a trained quant_transformer checkpoint to its packed deployable form.
 
-Usage: ``python -m cress_bitnet.export IN.pt OUT.pt [--fp16-rest] [--json SIZES.json]``
+Usage: ``python -m cress_bitnet.export IN.pt OUT [--format pt|safetensors] [--fp16-rest] [--json SIZES.json]``
 
 Every quantized layer named by the checkpoint's quantization record (:class:`~cress_bitnet.quantization.QuantRecord`;
 files of cress_bitnet 0.1 are read too) is rebuilt from its state-dict entries alone — no fairseq model is built —
@@ -9,7 +9,8 @@ and training-only tensors are replaced by the packed buffers (sign planes 8 per 
 codes at their bit width, scales / h / biases / folded LayerNorm in fp16). All other tensors stay as they are (fp32
 unless ``--fp16-rest``). The output keeps the trainer format (so fairseq-generate reads it) without the optimizer
 state, and its record says ``packed``: the model is then built with zero-filled packed layers before the state dict
-is loaded.
+is loaded. ``--format safetensors`` writes the same tensors and model args as a safetensors file instead
+(:mod:`cress_bitnet.checkpoints.safetensors_format`: no pickle at all when it is read).
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ import torch
 from torch import Tensor
 
 from cress_bitnet.checkpoints import load_checkpoint, saved_model_args
+from cress_bitnet.checkpoints.safetensors_format import SafetensorsFormatError, save_state
 from cress_bitnet.fileio import atomic_output
 from cress_bitnet.quantization import AUX_DTYPE, QuantConfig, QuantLinear, QuantRecord, RecordError, get_method
+
+FORMATS = ("pt", "safetensors")
 
 
 class ExportError(ValueError):
@@ -172,19 +176,26 @@ def format_report(report: dict[str, Any]) -> str:
                 "bytes")
     if "file_bytes" in report:
         rows.append(f"output file: {report['file_bytes']:,} bytes "
-                    f"({report['file_bytes'] - report['tensor_bytes']:,} bytes of pickle/zip overhead and non-tensors)")
+                    f"({report['file_bytes'] - report['tensor_bytes']:,} bytes of container overhead and non-tensors)")
     return "\n".join(rows)
 
 
 def export_checkpoint(
-    src: str | os.PathLike, dst: str | os.PathLike, fp16_rest: bool = False, aux_dtype: torch.dtype = AUX_DTYPE
+    src: str | os.PathLike, dst: str | os.PathLike, fp16_rest: bool = False, aux_dtype: torch.dtype = AUX_DTYPE,
+    fmt: str = "pt",
 ) -> dict[str, Any]:
-    """Read ``src``, write the packed checkpoint to ``dst``; returns the size report incl. ``file_bytes``."""
+    """Read ``src``, write the packed checkpoint to ``dst`` as ``fmt`` (one of :data:`FORMATS`); returns the size
+    report incl. ``file_bytes``."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r}: choose one of {FORMATS}")
     state = load_checkpoint(src, what="quantized checkpoint")
     out, report = export_state(state, fp16_rest=fp16_rest, aux_dtype=aux_dtype)
     dst = Path(dst)
-    with atomic_output(dst) as tmp:
-        torch.save(out, tmp)
+    if fmt == "safetensors":
+        save_state(out, dst)
+    else:
+        with atomic_output(dst) as tmp:
+            torch.save(out, tmp)
     report["file_bytes"] = dst.stat().st_size
     report["input_file_bytes"] = Path(src).stat().st_size
     return report
@@ -195,12 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="trainer-format quant_transformer checkpoint")
     parser.add_argument("output", help="where to write the packed checkpoint")
+    parser.add_argument("--format", choices=FORMATS, default="pt",
+                        help="pt: trainer-format torch checkpoint; safetensors: tensors + JSON header, read without "
+                             "pickle (fairseq-generate --path and cress-bitnet-translate accept both)")
     parser.add_argument("--fp16-rest", action="store_true", help="also store the non-quantized tensors in fp16")
     parser.add_argument("--json", metavar="PATH", help="write the size report as JSON")
     opts = parser.parse_args(argv)
     try:
-        report = export_checkpoint(opts.input, opts.output, fp16_rest=opts.fp16_rest)
-    except (ExportError, TypeError, RuntimeError) as err:
+        report = export_checkpoint(opts.input, opts.output, fp16_rest=opts.fp16_rest, fmt=opts.format)
+    except (ExportError, SafetensorsFormatError, TypeError, RuntimeError) as err:
         print(f"cress-bitnet-export: error: {err}", file=sys.stderr)
         return 1
     print(format_report(report))

@@ -38,6 +38,7 @@ from cress_bitnet.checkpoints import (
     last_upgrade,
     refuse_unsafe_environment,
     register_safe_globals,
+    safetensors_format,
     upgrade_to_native,
 )
 from cress_bitnet.fileio import atomic_output
@@ -70,6 +71,10 @@ def patch_checkpoint_loading() -> None:
     @functools.wraps(original)
     def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):  # type: ignore[no-untyped-def]
         refuse_unsafe_environment(path)
+        if safetensors_format.is_safetensors(path):  # packed export without pickle (cress-bitnet-export --format)
+            state = safetensors_format.fairseq_load_checkpoint(path, arg_overrides)
+            upgrade_to_native(state, path)
+            return state
         try:
             state = original(path, arg_overrides, load_on_all_ranks)
         except FileNotFoundError:

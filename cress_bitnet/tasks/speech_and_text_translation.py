@@ -33,6 +33,7 @@ from cress_bitnet.data.speech_text_dataset import (
     load_speech_dataset,
     load_text_pair_dataset,
 )
+from cress_bitnet.resources import resources_from_data_config
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         self.bpe = encoders.build_bpe(data_cfg.bpe_args()) if data_cfg.bpe_args() else None
         pre = data_cfg.pre_tokenizer_args()
         self.pre_tokenizer = encoders.build_tokenizer(pre) if pre else None
+        # saved as the checkpoint's task_state: cress-bitnet-translate decodes without the training data folder
+        self.state.merge_state_dict(resources_from_data_config(data_cfg))
         self.tgt_prefix_token: int | None = None
         if data_cfg.prepend_tgt_lang_tag:
             if not args.tgt_lang:
