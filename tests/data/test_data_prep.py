@@ -22,7 +22,7 @@ from data_prep import prep_mustc_data as prep
 from data_prep.make_tiny_checkpoints import make_deltalm_vocab
 from data_prep.toy_corpus import grammar, lexicon
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--train", "12", "--dev", "4", "--test", "4"]
 
 

@@ -13,9 +13,9 @@ import cress_bitnet  # noqa: F401  (registers the checkpoint allowlist for weigh
 from cress_bitnet.export import ExportError, export_state, main
 from cress_bitnet.quantization import QuantRecord, get_method, pack_, quantize_
 from cress_bitnet.quantization.surgery import resolve_configs
-from tests.test_packed_layers import TinyModel
+from tests.quantization.test_packed_layers import TinyModel
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TARGETS = "layers.*.fc1,layers.*.fc2"
 
 

@@ -114,7 +114,7 @@ def test_unknown_option_raises_before_changes():
 
 def test_quantization_package_imports_without_fairseq():
     # Load the package under a stub parent (so cress_bitnet/__init__ is not run) with fairseq blocked.
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     code = (
         "import sys, types\n"
         "sys.modules['fairseq'] = None\n"
