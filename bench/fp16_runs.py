@@ -29,9 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent  # run as `python -m bench.<name>` from the checkout
 
 # (name, method, init, extra fairseq args). "fp" is the FP model trained on under fp16 (no quantizer).
 RUNS: list[tuple[str, str, str, list[str]]] = [

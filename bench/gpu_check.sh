@@ -71,8 +71,8 @@ CMD_FP=("$PYTHON" -m fairseq_cli.train "$DATA" --user-dir "$USER_DIR" --task spe
     --log-interval 50 --seed 1 --fp16)
 CMD_FP16=("$PYTHON" -m bench.fp16_runs --data "$DATA" --fp-checkpoint "$WORK/fp/checkpoint_last.pt"
     --out "$OUT/fp16_runs" --updates "$GPU_UPDATES" --runs "$GPU_FP16_RUNS" --device cuda --timeout 300)
-CMD_LAYERS=("$PYTHON" "$REPO/bench/bench_layers.py" --tokens 4096 --reps 5 --json "$OUT/bench_layers.json")
-CMD_INFER=("$PYTHON" "$REPO/bench/bench_inference.py" --reps 50 --json "$OUT/bench_inference.json")
+CMD_LAYERS=("$PYTHON" -m bench.bench_layers --tokens 4096 --reps 5 --json "$OUT/bench_layers.json")
+CMD_INFER=("$PYTHON" -m bench.bench_inference --reps 50 --json "$OUT/bench_inference.json")
 CMD_REAL=("$PYTHON" -m bench.real_scale --quick --device cuda --out "$OUT/real_scale")
 
 STEPS=(tests corpus prep tiny fp fp16 layers infer real)

@@ -29,9 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent  # run as `python -m bench.<name>` from the checkout
 
 TGT = "de"
 SAMPLE_RATE = 16000

@@ -166,7 +166,7 @@ quant_run() {
         cp "$ckpt" "$dir/at_$k.pt"
     done
     if [[ " $points " == *" 0 "* ]]; then
-        run_logged "$PYTHON" "$SCRIPTS/swapped_checkpoint.py" --like "$dir/checkpoint_last.pt" --output "$dir/at_0.pt"
+        run_logged "$PYTHON" -m scripts.swapped_checkpoint --like "$dir/checkpoint_last.pt" --output "$dir/at_0.pt"
     fi
     for k in $points; do
         SAVE_DIR="$dir" CKPT="$dir/at_$k.pt" RESULTS_DIR="$dir/at_$k" BEAM="$PAPER_BEAM" "$SCRIPTS/generate.sh"
@@ -221,7 +221,7 @@ do_fp16() {
 }
 
 do_report() {
-    run_logged "$PYTHON" "$SCRIPTS/paper_results.py" --runs "$RUNS" --out-dir "$OUT" \
+    run_logged "$PYTHON" -m scripts.paper_results --runs "$RUNS" --out-dir "$OUT" \
         --sub-updates "$PAPER_SUB_UPDATES" --ret-updates $PAPER_RET_UPDATES --inits $PAPER_INITS
 }
 

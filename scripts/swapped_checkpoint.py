@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import cress_bitnet  # noqa: E402, F401  (registers the models and the weights_only allowlist)
-from cress_bitnet.checkpoints import load_checkpoint  # noqa: E402
+import cress_bitnet  # noqa: F401  (registers the models and the weights_only allowlist)
+from cress_bitnet.checkpoints import load_checkpoint
 from cress_bitnet.fileio import atomic_output  # noqa: E402
 
 

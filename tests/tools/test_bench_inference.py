@@ -41,7 +41,7 @@ def test_e2e_runs_as_documented(toy: ToyData, fp_checkpoint: Path, svcd_decoder_
     packed = tmp_path / "packed.pt"
     run_tool([sys.executable, "-m", "cress_bitnet.export", str(svcd_decoder_checkpoint), str(packed)])
     out = tmp_path / "e2e.json"
-    log = output(run_tool([sys.executable, "bench/bench_inference.py", "--no-kernels", "--json", str(out),
+    log = output(run_tool([sys.executable, "-m", "bench.bench_inference", "--no-kernels", "--json", str(out),
                            "--e2e", str(toy.st_dir), str(fp_checkpoint), str(packed)], timeout=1800))
     e2e = json.loads(out.read_text())["e2e"]
     assert set(e2e) == {"batch 1", "batched"}, log
