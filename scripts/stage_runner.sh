@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage runner shared by the CPU recipes (scripts/reproduce_paper.sh; scripts/demo.sh has the same runner inline):
+# Stage runner shared by the CPU recipes (scripts/demo.sh, scripts/reproduce_paper.sh):
 # numbered headings, a progress line every 20 s, one log per stage, stamps with the seconds taken, skip when stamped.
 # Needs STAGES (array of stage names), LOGS and STAMPS (folders) set by the caller.
 
@@ -45,7 +45,7 @@ stage() {
     if [[ "$status" != 0 ]]; then
         echo "   --- last lines of $log ---" >&2
         tail -n 15 "$log" >&2
-        echo "error: stage '$name' failed (exit $status); full log: $log" >&2
+        echo "error: ${STAGE_WHAT:-stage} '$name' failed (exit $status); full log: $log" >&2
         exit 1
     fi
     local secs
