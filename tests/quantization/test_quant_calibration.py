@@ -8,14 +8,7 @@ from torch import nn
 
 from cress_bitnet.quantization import SVCDConfig, SVCDLinear, quantize_
 from cress_bitnet.quantization.calibration import quantize_calibrated_
-
-
-def _linear() -> nn.Linear:
-    torch.manual_seed(0)
-    linear = nn.Linear(256, 96)
-    nn.init.normal_(linear.weight, std=0.05)
-    nn.init.normal_(linear.bias, std=0.1)
-    return linear
+from tests.quantization.test_quant_layers import _gaussian_linear as _linear
 
 
 def _inputs(kind: str, seed: int) -> torch.Tensor:
