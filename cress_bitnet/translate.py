@@ -81,7 +81,7 @@ class Translator:
 
     def __init__(self, checkpoint: str | Path, *, data_config: str | None = None, vocab: str | None = None,
                  spm_model: str | None = None, beam: int = 5, lenpen: float = 1.0, max_len_a: float = 0.0,
-                 max_len_b: int = 200, device: str = "cpu") -> None:
+                 max_len_b: int = 200, device: str = "cpu", tgt_lang: str | None = None) -> None:
         from fairseq import checkpoint_utils
         from fairseq.data import Dictionary
         from fairseq.dataclass.configs import GenerationConfig
@@ -108,7 +108,14 @@ class Translator:
         dictionary = Dictionary.load(str(data_cfg.vocab_path))
         args = copy.copy(task_args)
         args.data, args.config_yaml, args.eval_bleu = self._tmp.name, config_path.name, False
-        task = SpeechAndTextTranslationTask(args, dictionary, data_cfg)
+        args.tgt_lang = tgt_lang or getattr(args, "tgt_lang", None)
+        if data_cfg.prepend_tgt_lang_tag and not args.tgt_lang:
+            raise TranslateError(f"{checkpoint}: the model starts every translation with a language tag and its "
+                                 "training args name no --tgt-lang: pass --tgt-lang")
+        try:
+            task = SpeechAndTextTranslationTask(args, dictionary, data_cfg)
+        except ValueError as err:
+            raise TranslateError(str(err)) from None
         models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], task=task, state=state)
         self.device = torch.device(device)
         self.models = [m.eval().to(self.device) for m in models]
@@ -217,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "for checkpoints that do not store one")
     p.add_argument("--vocab", help="target dictionary (dict.txt), overrides the checkpoint's")
     p.add_argument("--spm-model", help="SentencePiece model, overrides the checkpoint's")
+    p.add_argument("--tgt-lang", help="target language of a multilingual model (its <lang:xx> tag starts decoding); "
+                   "default: the checkpoint's --tgt-lang")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--lenpen", type=float, default=1.0)
     p.add_argument("--max-len-a", type=float, default=0.0)
@@ -249,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         files = collect_audio(opts.audio)
         translator = Translator(opts.checkpoint, data_config=opts.data_config, vocab=opts.vocab,
                                 spm_model=opts.spm_model, beam=opts.beam, lenpen=opts.lenpen,
-                                max_len_a=opts.max_len_a, max_len_b=opts.max_len_b, device=opts.device or "cpu")
+                                max_len_a=opts.max_len_a, max_len_b=opts.max_len_b, device=opts.device or "cpu",
+                                tgt_lang=opts.tgt_lang)
     except (TranslateError, ResourceError, DataConfigError, CheckpointError, SafetensorsFormatError) as err:
         print(f"cress-bitnet-translate: error: {err}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ import yaml
 # Every key this project reads and acts on. Anything else is an error naming it, so that no setting is ignored.
 SUPPORTED_KEYS = (
     "vocab_filename", "bpe_tokenizer", "pre_tokenizer", "use_audio_input", "standardize_audio", "audio_root",
-    "prepend_tgt_lang_tag", "use_sample_rate", "input_channels",
+    "prepend_tgt_lang_tag", "use_sample_rate", "input_channels", "sampling_alpha",
 )
 # fairseq S2T keys for filterbank features: fairseq itself skips them when use_audio_input is true.
 FEATURE_KEYS = (
@@ -56,6 +56,16 @@ def _as_int(value: Any, key: str, path: Path) -> int:
     return int(value)
 
 
+def _as_positive_float(value: Any, key: str, path: Path) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise DataConfigError(f"{path}: '{key}' must be a positive number, got {value!r}")
+    return number
+
+
 def _as_bool(value: Any, key: str, path: Path) -> bool:
     if isinstance(value, bool):
         return value
@@ -75,6 +85,8 @@ class SpeechDataConfig:
     audio_root: str = ""
     prepend_tgt_lang_tag: bool = False
     sample_rate: int = 16000
+    # temperature of the sampling between comma-separated training splits (fairseq S2T; 1.0 = in proportion to size)
+    sampling_alpha: float = 1.0
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -135,6 +147,7 @@ class SpeechDataConfig:
                 f"{path}: use_sample_rate {cfg.sample_rate}: HuBERT takes 16000 Hz waveforms (audio at other rates is "
                 "resampled to 16000 Hz on reading); set 16000 or remove the key"
             )
+        cfg.sampling_alpha = _as_positive_float(raw.get("sampling_alpha", 1.0), "sampling_alpha", path)
         channels = _as_int(raw.get("input_channels", 1), "input_channels", path)
         if channels != 1:
             raise DataConfigError(

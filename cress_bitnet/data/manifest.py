@@ -16,6 +16,8 @@ from typing import Any
 from cress_bitnet.fileio import atomic_output
 
 MANIFEST_COLUMNS = ("id", "audio", "n_frames", "src_text", "tgt_text", "speaker")
+# fairseq S2T's optional language columns (multilingual manifests): written only when a row has a value.
+LANG_COLUMNS = ("src_lang", "tgt_lang")
 REQUIRED_COLUMNS = ("id", "audio", "n_frames", "tgt_text")
 
 
@@ -33,6 +35,8 @@ class ManifestRow:
     tgt_text: str
     src_text: str = ""
     speaker: str = ""
+    src_lang: str = ""
+    tgt_lang: str = ""
     line: int = 0
 
 
@@ -120,6 +124,8 @@ def read_manifest(path: str | Path, required_by: Mapping[str, str] | None = None
                 tgt_text=tgt,
                 src_text=fields[col["src_text"]] if "src_text" in col else "",
                 speaker=fields[col["speaker"]] if "speaker" in col else "",
+                src_lang=fields[col["src_lang"]] if "src_lang" in col else "",
+                tgt_lang=fields[col["tgt_lang"]] if "tgt_lang" in col else "",
                 line=ln,
             )
         )
@@ -130,18 +136,20 @@ def read_manifest(path: str | Path, required_by: Mapping[str, str] | None = None
 
 def _as_dict(row: ManifestRow | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(row, ManifestRow):
-        return {c: getattr(row, c) for c in MANIFEST_COLUMNS}
+        return {c: getattr(row, c) for c in MANIFEST_COLUMNS + LANG_COLUMNS}
     return row
 
 
 def write_manifest(path: str | Path, rows: Iterable[ManifestRow | Mapping[str, Any]]) -> None:
-    """Write ``MANIFEST_COLUMNS`` in order, atomically (temp + rename) so an interrupted run leaves no half file."""
+    """Write ``MANIFEST_COLUMNS`` in order (then ``src_lang``/``tgt_lang`` when any row has one), atomically
+    (temp + rename) so an interrupted run leaves no half file."""
     path = Path(path)
-    lines = ["\t".join(MANIFEST_COLUMNS)]
-    for k, row in enumerate(rows):
-        d = _as_dict(row)
+    dicts = [_as_dict(row) for row in rows]
+    columns = MANIFEST_COLUMNS + tuple(c for c in LANG_COLUMNS if any(d.get(c) for d in dicts))
+    lines = ["\t".join(columns)]
+    for k, d in enumerate(dicts):
         out = []
-        for c in MANIFEST_COLUMNS:
+        for c in columns:
             v = d.get(c, "")
             v = "" if v is None else str(v)
             if any(ch in v for ch in "\t\n\r"):

@@ -1,8 +1,9 @@
 """Task ``speech_and_text_translation``: CRESS-compatible joint speech translation (ST) and machine translation (MT).
 
-Speech batches come from raw-audio manifests ``{data}/{split}.tsv``; MT batches from fairseq-binarized text in
-``--text-data``; both use the one SentencePiece dictionary named by the data config. Training batches are
-single-modality, drawn from the two datasets by ``--st-sample-ratio`` / ``--mt-sample-ratio``.
+Speech batches come from raw-audio manifests ``{data}/{split}.tsv`` (comma-separated splits are read together,
+training splits temperature-sampled by the data config's ``sampling_alpha`` as in fairseq S2T); MT batches from
+fairseq-binarized text in ``--text-data``; both use the one SentencePiece dictionary named by the data config.
+Training batches are single-modality, drawn from the two datasets by ``--st-sample-ratio`` / ``--mt-sample-ratio``.
 ``speech_to_text_modified`` (CRESS's decoding task) is registered as an alias so CRESS scripts run unchanged.
 """
 
@@ -27,11 +28,15 @@ from cress_bitnet.data.data_config import SpeechDataConfig
 from cress_bitnet.data.speech_text_dataset import (
     MT_MODE,
     ST_MODE,
+    SpeechDataset,
+    SpeechSplitMixture,
     SpeechTextTripletDataset,
     build_multimodal,
     check_max_tokens,
     load_speech_dataset,
     load_text_pair_dataset,
+    mix_speech_splits,
+    speech_parts,
 )
 from cress_bitnet.resources import resources_from_data_config
 
@@ -52,7 +57,12 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         parser.add_argument("data", help="folder with the speech manifests {split}.tsv and the data config")
         parser.add_argument("--config-yaml", default="config.yaml", help="data config, relative to DATA")
         parser.add_argument("--text-data", default=None, help="folder of fairseq-binarized MT text")
-        parser.add_argument("--tgt-lang", default=None, help="target language code, e.g. de")
+        parser.add_argument("--tgt-lang", default=None,
+                            help="target language code, e.g. de (the MT text's, and that of manifest rows without a "
+                                 "tgt_lang column)")
+        parser.add_argument("--text-train-subset", default=None,
+                            help="split of the --text-data MT text trained on (default: the training split's name; "
+                                 "'train' when --train-subset lists several speech splits)")
         parser.add_argument("--max-audio-positions", type=int, default=900000, help="max audio samples per utterance")
         parser.add_argument("--min-audio-positions", type=int, default=1000, help="min audio samples per utterance")
         parser.add_argument("--max-source-positions", type=int, default=512, help="max source text tokens")
@@ -90,14 +100,11 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         self.pre_tokenizer = encoders.build_tokenizer(pre) if pre else None
         # saved as the checkpoint's task_state: cress-bitnet-translate decodes without the training data folder
         self.state.merge_state_dict(resources_from_data_config(data_cfg))
+        # With prepend_tgt_lang_tag every target starts with its language's tag: the row's tgt_lang column, else
+        # --tgt-lang (the tag decoding starts from when no reference is at hand, e.g. cress-bitnet-translate).
         self.tgt_prefix_token: int | None = None
-        if data_cfg.prepend_tgt_lang_tag:
-            if not args.tgt_lang:
-                raise ValueError(f"{data_cfg.path}: prepend_tgt_lang_tag needs --tgt-lang")
-            tag = lang_tag(args.tgt_lang)
-            if dictionary.index(tag) == dictionary.unk():
-                raise ValueError(f"{data_cfg.vocab_path}: has no language tag {tag} (prepend_tgt_lang_tag is on)")
-            self.tgt_prefix_token = dictionary.index(tag)
+        if data_cfg.prepend_tgt_lang_tag and args.tgt_lang:
+            self.tgt_prefix_token = self.lang_tag_index(args.tgt_lang)
 
     @classmethod
     def setup_task(cls, args: Namespace, **kwargs: Any) -> SpeechAndTextTranslationTask:
@@ -144,25 +151,41 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
             text = self.pre_tokenizer.decode(text)
         return text
 
+    def lang_tag_index(self, lang: str) -> int:
+        tag = lang_tag(lang)
+        if self.dictionary.index(tag) == self.dictionary.unk():
+            raise ValueError(f"{self.data_cfg.vocab_path}: has no language tag {tag} (prepend_tgt_lang_tag is on)")
+        return self.dictionary.index(tag)
+
     def _symbols_to_strip(self) -> set[int]:
-        return {self.tgt_prefix_token} if self.tgt_prefix_token is not None else set()
+        """Every language tag of the dictionary when targets carry one (fairseq S2T strips them all too)."""
+        if not self.data_cfg.prepend_tgt_lang_tag:
+            return set()
+        return {i for i, sym in enumerate(self.dictionary.symbols) if sym.startswith("<lang:") and sym.endswith(">")}
 
     def _is_train(self, split: str) -> bool:
         return split.startswith("train")
 
-    def speech_dataset(self, split: str, shuffle: bool) -> SpeechTextTripletDataset:
-        return load_speech_dataset(
-            Path(self.args.data) / f"{split}.tsv",
-            split,
-            audio_root=self.data_cfg.audio_root_path,
-            dictionary=self.dictionary,
-            encode_text=self.encode_text,
-            standardize_audio=self.data_cfg.standardize_audio,
-            tgt_prefix_token=self.tgt_prefix_token,
-            shuffle=shuffle,
-            min_audio_samples=self.args.min_audio_positions,
-            src_text_needed_by=self._src_text_flags(split),
-        )
+    def speech_dataset(self, split: str, shuffle: bool, epoch: int = 1) -> SpeechDataset:
+        """``split`` may list several manifests (``train_a,train_b``); training ones are temperature-sampled."""
+        parts = [
+            load_speech_dataset(
+                Path(self.args.data) / f"{name}.tsv",
+                name,
+                audio_root=self.data_cfg.audio_root_path,
+                dictionary=self.dictionary,
+                encode_text=self.encode_text,
+                standardize_audio=self.data_cfg.standardize_audio,
+                shuffle=shuffle,
+                min_audio_samples=self.args.min_audio_positions,
+                src_text_needed_by=self._src_text_flags(split),
+                tgt_lang=self.args.tgt_lang or "",
+                lang_tag=self.lang_tag_index if self.data_cfg.prepend_tgt_lang_tag else None,
+            )
+            for name in split_names(split)
+        ]
+        alpha = self.data_cfg.sampling_alpha if self._is_train(split) else None
+        return mix_speech_splits(parts, resample_alpha=alpha, seed=self.args.seed, epoch=epoch)
 
     def _src_text_flags(self, split: str) -> str:
         """The criterion flags that train on the transcript (training splits only): they need ``src_text``."""
@@ -176,7 +199,10 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         return " and ".join(flags)
 
     def _text_dataset(self, split: str, shuffle: bool):  # noqa: ANN202 - fairseq dataset
+        if self._is_train(split):
+            split = self.args.text_train_subset or (split if "," not in split else "train")
         split = "valid" if split == "dev" else split  # CRESS binarizes dev as valid
+        logger.info(f"MT text split {split} of {self.args.text_data}")
         return load_text_pair_dataset(
             Path(self.args.text_data), split, SRC_LANG, self.args.tgt_lang, self.dictionary, shuffle=shuffle
         )
@@ -196,7 +222,7 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         if is_train and (a.st_training or a.ext_mt_training):
             items = []
             if use_st:
-                items.append((ST_MODE, self.speech_dataset(split, True), self.speech_max_positions(),
+                items.append((ST_MODE, self.speech_dataset(split, True, epoch), self.speech_max_positions(),
                               a.max_tokens, a.batch_size))
             if use_mt:
                 items.append((MT_MODE, self._text_dataset(split, True), self.text_max_positions(),
@@ -216,7 +242,7 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
             # Our own per-modality limits replace fairseq's (which cannot mix a 3-tuple task limit with the model's).
             # Validation and decoding must score the whole set: too-long examples are an error naming them unless
             # --skip-invalid-size-inputs-valid-test (fairseq's ignore_invalid_inputs) asks to skip them.
-            speech = isinstance(dataset, SpeechTextTripletDataset)
+            speech = isinstance(dataset, (SpeechTextTripletDataset, SpeechSplitMixture))
             limit = self.speech_max_positions() if speech else self.text_max_positions()
             if not speech and self.args.max_tokens_text is not None:
                 max_tokens = self.args.max_tokens_text
@@ -294,9 +320,8 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         value = audio_standardization(saved_args, self.data_cfg.standardize_audio, self.data_cfg.path)
         self.data_cfg.standardize_audio = value
         for dataset in self.datasets.values():  # e.g. the valid sets fairseq-train loads before --restore-file
-            for part in getattr(dataset, "datasets", [dataset]):
-                if isinstance(part, SpeechTextTripletDataset):
-                    part.standardize_audio = value
+            for part in speech_parts(dataset):
+                part.standardize_audio = value
         setattr(model_args, STANDARDIZED_AUDIO_ARG, value)
         self._model_args = model_args
 
@@ -440,10 +465,17 @@ def report_too_long(dataset: Any, ignored: np.ndarray, limit: tuple[int, ...], *
 
 
 def _example_name(dataset: Any, index: int) -> str:
-    if isinstance(dataset, SpeechTextTripletDataset):
-        row = dataset.rows[index]
-        return f"{dataset.manifest_path}:{row.line} (id {row.id}, {dataset.size(index)})"
+    if hasattr(dataset, "example_name"):
+        return dataset.example_name(index)
     return f"#{index} {dataset.size(index)}"
+
+
+def split_names(split: str) -> list[str]:
+    """``a,b`` → ``[a, b]``: fairseq S2T's spelling of several manifests read as one split."""
+    names = [name.strip() for name in split.split(",")]
+    if not all(names):
+        raise ValueError(f"split {split!r}: an empty name between commas")
+    return names
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:

@@ -3,10 +3,8 @@ and leaves every file as it was."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
-import shutil
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,37 +14,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from conftest import REPO, TINY_MODEL_ARGS, ToyData
-from fairseq import options, tasks
-
-import cress_bitnet  # noqa: F401  (registers the task/model/criterion)
-
-
-def build_task(data: Path, *extra: str):  # noqa: ANN201
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [
-        str(data), "--user-dir", str(REPO / "cress_bitnet"), "--task", "speech_and_text_translation",
-        "--st-training", "--arch", "hubert_transformer_postln", *TINY_MODEL_ARGS, "--conv-channels", "32",
-        "--max-tokens", "400000", *extra,
-    ])
-    return tasks.setup_task(args), args
-
-
-def copy_data(toy: ToyData, tmp: Path) -> Path:
-    dst = tmp / "data"
-    shutil.copytree(toy.st_dir, dst, ignore=shutil.ignore_patterns("binary"))
-    return dst
+from conftest import ToyData
+from task_helpers import build_task, copy_data, snapshot
 
 
 def edit_manifest(path: Path, edit: Callable[[list[str]], list[str]]) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     path.write_text("\n".join(edit(lines)) + "\n", encoding="utf-8")
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """sha1 of every file under ``root``: a failed command must leave it exactly as it was (nothing written or lost)."""
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}
 
 
 # ---- the bad-input table -------------------------------------------------------------------------------------------
@@ -287,8 +261,13 @@ BAD_INPUTS: dict[str, Bad] = {
                                  r"config\.yaml: use_audio_input must be true"),
     "standardize_audio not a boolean": Bad(config(lambda c: c.update(standardize_audio="maybe")), "setup",
                                            r"config\.yaml: 'standardize_audio' must be true or false, got 'maybe'"),
-    "lang tag without --tgt-lang": Bad(config(lambda c: c.update(prepend_tgt_lang_tag=True)), "setup",
-                                       r"config\.yaml: prepend_tgt_lang_tag needs --tgt-lang"),
+    "lang tag without --tgt-lang or tgt_lang column": Bad(
+        config(lambda c: c.update(prepend_tgt_lang_tag=True)), "dev",
+        r"dev\.tsv:2 \(id \S+\): no target language .*add a tgt_lang column or pass --tgt-lang"),
+    "lang tag not in the dictionary": Bad(config(lambda c: c.update(prepend_tgt_lang_tag=True), "--tgt-lang", "xx"),
+                                          "setup", r"spm_unigram200\.txt: has no language tag <lang:xx>"),
+    "sampling_alpha not positive": Bad(config(lambda c: c.update(sampling_alpha=0)), "setup",
+                                       r"config\.yaml: 'sampling_alpha' must be a positive number, got 0"),
     # flags
     "--eval-bleu-bpe": Bad(flags("--eval-bleu-bpe", "sentencepiece"), "setup",
                            r"--eval-bleu-bpe sentencepiece: not supported .*data config's bpe_tokenizer"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CPU_ARGS, REPO, ToyData, fairseq, output, run_tool
-from test_core_errors import copy_data
+from task_helpers import copy_data
 
 BLEU_FLOOR = 60.0
 N_UTTERANCES = 12

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import TGT, ToyData, fairseq, generate_args, output
-from test_core_errors import build_task, copy_data, snapshot
+from task_helpers import build_task, copy_data, snapshot
 
 from cress_bitnet.data.manifest import read_manifest
 
