@@ -122,6 +122,19 @@ def test_recipes_chain_end_to_end(toy: ToyData, tmp_path: Path) -> None:
     assert averaged["model"].keys() == torch.load(st_dir_ckpt / "checkpoint_last.pt", weights_only=True)[
         "model"].keys()
 
+    # CRESS's two stages for real (one epoch each), then CRESS's MT-only decoding of the text test set
+    cress = sh("train_cress.sh", *tiny, env={**env, "CRESS_EPOCHS": "1", "MAX_EPOCH": "2", "MAX_UPDATE": "100",
+                                             "MAX_TOKENS": "400000", "EVAL_BLEU": "0"})
+    log = cress.stdout + cress.stderr
+    adaptive = ckpt_root / f"en-{TGT}.cress_adaptive"
+    assert re.search(r"reg_loss=\d", log) and (ckpt_root / f"en-{TGT}.cress" / "checkpoint1.pt").is_file()
+    assert re.search(r"epoch 002 .*\| st_loss \d", log), log[-3000:]  # stage 2 continued from stage 1's epoch
+    assert (adaptive / "checkpoint2.pt").is_file()
+    mt_gen = sh("generate.sh", env={**env, "SAVE_DIR": str(adaptive), "MODE": "mt", "BEAM": "1"})
+    mt_log = (adaptive / "generate.test.log").read_text()
+    assert len(re.findall(r"^H-\d+\t", mt_log, flags=re.M)) == 6 and re.search(r"^S-\d+\t", mt_log, flags=re.M)
+    assert re.search(r"BLEU = \d+\.\d+", mt_gen.stdout)
+
 
 @pytest.mark.slow
 def test_deltalm_mode_end_to_end(toy: ToyData, tmp_path: Path) -> None:
