@@ -62,6 +62,8 @@ def test_packed_model_reproduces_the_trained_model_teacher_forced(toy: ToyData, 
     got, _ = _teacher_forced_lprobs(tmp_path / "packed32.pt", toy)
     diff = (got - ref).abs().amax(dim=-1)[mask]
     assert mask.sum() > 20
-    # measured: mean 8e-7, max 2e-6 (summation order; an 8-bit activation code may rarely move by one step); with the
-    # packed forward's activation quantizer dropped: mean 2.4e-3, max 4.5e-3
-    assert diff.mean() < 1e-5 and diff.max() < 1e-3
+    # measured: most tokens 5e-7..1e-6 (summation order); an 8-bit activation code that moves by one step shifts a
+    # token by up to ~5e-4, which happens to a token or two. With the packed forward's activation quantizer dropped
+    # every token moves (mean 2.4e-3, max 4.5e-3). So: nearly every token exact, none far off.
+    assert (diff < 1e-5).float().mean() >= 0.9, diff
+    assert diff.max() < 1e-3
