@@ -150,6 +150,33 @@ def svcd_decoder_checkpoint(toy: ToyData, fp_checkpoint: Path, tmp_path_factory:
     return save / "checkpoint_last.pt"
 
 
+# The demo (scripts/demo.sh) at test size; scripts/reproduce_paper.sh --tiny uses the same DEMO_* values, so it
+# reuses a tiny demo's output as it is.
+TINY_DEMO = {
+    "DEMO_TRAIN": "24", "DEMO_DEV": "6", "DEMO_TEST": "6", "DEMO_VOCAB": "200",
+    "DEMO_DIM": "32", "DEMO_FFN": "64", "DEMO_LAYERS": "2", "DEMO_HEADS": "2",
+    "DEMO_HUBERT_DIM": "32", "DEMO_HUBERT_FFN": "64", "DEMO_HUBERT_LAYERS": "2", "DEMO_HUBERT_HEADS": "2",
+    "DEMO_HUBERT_CONV": "48", "DEMO_MT_UPDATES": "3", "DEMO_ST_UPDATES": "3", "DEMO_SVCD_UPDATES": "2",
+    "DEMO_SVCD_DECODER_UPDATES": "2",
+    "DEMO_BATCH": "8", "DEMO_BEAM": "2",
+}
+
+
+def run_demo(out: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), **TINY_DEMO, **(extra_env or {})}
+    return subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One tiny demo run per session (test_demo checks it; test_reproduce_paper starts from a copy of it)."""
+    out = tmp_path_factory.mktemp("demo")
+    proc = run_demo(out)
+    assert proc.returncode == 0, f"demo failed\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+    return out, proc
+
+
 def generate_args(toy: ToyData, checkpoint: Path, *extra: str) -> list[str]:
     return [
         str(toy.st_dir), "--user-dir", str(REPO / "cress_bitnet"), "--task", "speech_and_text_translation",

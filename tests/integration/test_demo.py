@@ -5,46 +5,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import run_demo
 
 pytestmark = pytest.mark.slow  # every test here runs the tiny demo (fairseq-train / fairseq-generate)
 
 STAGES = ["corpus", "hubert", "mt", "fp", "svcd_cross_attn", "svcd_decoder", "generate_fp",
           "generate_svcd_cross_attn", "generate_svcd_decoder", "results", "curves"]
 
-TINY = {
-    "DEMO_TRAIN": "24", "DEMO_DEV": "6", "DEMO_TEST": "6", "DEMO_VOCAB": "200",
-    "DEMO_DIM": "32", "DEMO_FFN": "64", "DEMO_LAYERS": "2", "DEMO_HEADS": "2",
-    "DEMO_HUBERT_DIM": "32", "DEMO_HUBERT_FFN": "64", "DEMO_HUBERT_LAYERS": "2", "DEMO_HUBERT_HEADS": "2",
-    "DEMO_HUBERT_CONV": "48", "DEMO_MT_UPDATES": "3", "DEMO_ST_UPDATES": "3", "DEMO_SVCD_UPDATES": "2",
-    "DEMO_SVCD_DECODER_UPDATES": "2",
-    "DEMO_BATCH": "8", "DEMO_BEAM": "2",
-}
-
-
-def demo(out: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), **TINY, **(extra_env or {})}
-    return subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    out = tmp_path_factory.mktemp("demo")
-    proc = demo(out)
-    assert proc.returncode == 0, f"demo failed\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
-    return out, proc
-
-
-def test_demo_runs_every_stage_and_writes_results(demo_run: tuple[Path, subprocess.CompletedProcess]) -> None:
-    out, proc = demo_run
+def test_demo_runs_every_stage_and_writes_results(tiny_demo: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, proc = tiny_demo
     for i, stage in enumerate(STAGES, 1):
         assert f"== [{i}/{len(STAGES)}] {stage}: " in proc.stdout, f"no heading for stage {stage}"
         assert (out / "logs" / f"{stage}.log").is_file()
@@ -77,25 +51,25 @@ def test_demo_runs_every_stage_and_writes_results(demo_run: tuple[Path, subproce
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
-def test_rerun_skips_finished_stages(demo_run: tuple[Path, subprocess.CompletedProcess]) -> None:
-    out, _ = demo_run
+def test_rerun_skips_finished_stages(tiny_demo: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, _ = tiny_demo
     before = (out / "results.json").read_text()
-    proc = demo(out)
+    proc = run_demo(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for i, stage in enumerate(STAGES, 1):
         assert re.search(rf"== \[{i}/{len(STAGES)}\] {stage}: skip \(done earlier in [\d.]+ s", proc.stdout), stage
     assert (out / "results.json").read_text() == before
 
 
-def test_failing_stage_names_itself_and_its_log(demo_run: tuple[Path, subprocess.CompletedProcess],
+def test_failing_stage_names_itself_and_its_log(tiny_demo: tuple[Path, subprocess.CompletedProcess],
                                                 tmp_path: Path) -> None:
-    out, _ = demo_run
+    out, _ = tiny_demo
     # A stage that cannot work: the curves of a run whose tensorboard folder is gone. Earlier stages are skipped.
     (out / "stamps" / "curves.done").unlink()
     tb = out / "runs" / "svcd_decoder" / "tensorboard"
     tb.rename(tmp_path / "tb")
     try:
-        proc = demo(out)
+        proc = run_demo(out)
     finally:
         (tmp_path / "tb").rename(tb)
     assert proc.returncode == 1

@@ -1,11 +1,13 @@
-"""Issue 17: scripts/reproduce_paper.sh --tiny runs every stage (after a tiny demo) and writes every promised file with
-the promised structure and numeric values; a rerun skips the finished stages."""
+"""Issue 17: scripts/reproduce_paper.sh --tiny runs every stage after a tiny demo (a copy of the session's, which has
+the same DEMO_* settings as --tiny) and writes every promised file with the promised structure and numeric values; a
+rerun skips the finished stages."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +35,12 @@ def _pct(v: object, fp: float) -> bool:
 
 
 @pytest.mark.slow
-def test_reproduce_paper_tiny(tmp_path: Path) -> None:
+def test_reproduce_paper_tiny(tiny_demo: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
+    tmp_path = tmp_path / "out"
+    shutil.copytree(tiny_demo[0], tmp_path, symlinks=True)
     proc = reproduce(tmp_path)
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert "running scripts/demo.sh first" not in proc.stdout  # the demo's corpus, HuBERT, MT and FP are reused
     for i, stage in enumerate(STAGES, 1):
         assert f"== [{i}/{len(STAGES)}] {stage}: " in proc.stdout
         assert (tmp_path / "stamps" / f"{stage}.done").is_file()
@@ -53,11 +58,11 @@ def test_reproduce_paper_tiny(tmp_path: Path) -> None:
     assert "| cross_attn.v |" in (tmp_path / "submodules.md").read_text()
 
     ret = json.loads((tmp_path / "retention.json").read_text())
-    assert ret["updates"] == [0, 1, 2]
+    assert ret["updates"] == [0, 2]
     assert {(r["targets"], r["init"]) for r in ret["rows"]} == {(t, i) for t in ("decoder", "cross_attn")
                                                                 for i in ("constraint", "calibrated")}
     for r in ret["rows"]:
-        assert all(_number(r["bleu"][k]) and _pct(r["pct"][k], ret["fp_bleu"]) for k in ("0", "1", "2")), r
+        assert all(_number(r["bleu"][k]) and _pct(r["pct"][k], ret["fp_bleu"]) for k in ("0", "2")), r
 
     fp16 = {r["run"]: r for r in json.loads((tmp_path / "fp16_bitnet.json").read_text())}
     assert set(fp16) == {"fp16_decoder_constraint", "fp16_decoder_calibrated", "fp16_decoder_paper",
