@@ -18,7 +18,8 @@ is the kernel's cost. With two it is the CPU spent by both threads, including Op
 says nothing about the wall-clock gain, which only wall time on an idle machine shows: the table reports the load
 average so the reader can tell.
 
-``--e2e`` times fairseq-generate on DATA with an FP and an exported packed checkpoint (beam 5, batch 1 and batched).
+``--e2e`` times fairseq-generate on DATA with an FP, an exported packed and (optionally) the unpacked quant_transformer
+checkpoint it was exported from (beam 5, batch 1 and batched): wall time, fairseq's generation time, tokens/s.
 ``--user-dir``, ``--task``, ``--config-yaml`` and ``--gen-subset`` come from the checkpoint and the data folder;
 anything in ``--gen-args`` is appended last and so overrides them.
 """
@@ -237,19 +238,41 @@ def run_generate(data: Path, ckpt: Path, extra: list[str]) -> dict[str, float]:
     match = _TRANSLATED.search(proc.stdout + proc.stderr)
     result = {"wall_s": wall}
     if match:
-        result.update(sentences=int(match.group(1).replace(",", "")), generate_s=float(match.group(3)))
+        tokens, seconds = int(match.group(2).replace(",", "")), float(match.group(3))
+        result.update(sentences=int(match.group(1).replace(",", "")), tokens=tokens, generate_s=seconds,
+                      tokens_per_s=tokens / seconds if seconds > 0 else float("inf"))
     return result
 
 
-def bench_e2e(data: str, fp_ckpt: str, packed_ckpt: str, gen_args: str) -> dict[str, object]:
+def bench_e2e(data: str, fp_ckpt: str, packed_ckpt: str, gen_args: str,
+              unpacked_ckpt: str | None = None) -> dict[str, object]:
+    """Per batch setting: each checkpoint's run and its speedup over FP (on fairseq's generation time if every run
+    reported one, else on process wall time)."""
     extra = shlex.split(gen_args)
+    models = {"fp": fp_ckpt, "packed": packed_ckpt, **({"unpacked": unpacked_ckpt} if unpacked_ckpt else {})}
     out: dict[str, object] = {}
     for name, batch in E2E_RUNS.items():
-        fp = run_generate(Path(data), Path(fp_ckpt), batch + extra)
-        packed = run_generate(Path(data), Path(packed_ckpt), batch + extra)
-        key = "generate_s" if "generate_s" in fp and "generate_s" in packed else "wall_s"
-        out[name] = {"fp": fp, "packed": packed, "speedup": fp[key] / packed[key], "compared": key}
+        runs = {which: run_generate(Path(data), Path(ckpt), batch + extra) for which, ckpt in models.items()}
+        key = "generate_s" if all("generate_s" in r for r in runs.values()) else "wall_s"
+        out[name] = {**runs, "compared": key,
+                     "speedup": runs["fp"][key] / runs["packed"][key],
+                     **({"unpacked_speedup": runs["fp"][key] / runs["unpacked"][key]} if unpacked_ckpt else {})}
     return out
+
+
+def e2e_table(e2e: dict[str, dict]) -> str:
+    """Markdown: one row per (batch setting, checkpoint)."""
+    lines = ["| batch | checkpoint | sentences | tokens | generate s | wall s | tokens/s | speed vs FP |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in e2e.items():
+        for which in ("fp", "unpacked", "packed"):
+            if which not in r:
+                continue
+            run, key = r[which], r["compared"]
+            lines.append(f"| {name} | {which} | {run.get('sentences', '?')} | {run.get('tokens', '?')} | "
+                         f"{run.get('generate_s', float('nan')):.2f} | {run['wall_s']:.2f} | "
+                         f"{run.get('tokens_per_s', float('nan')):.1f} | {r['fp'][key] / run[key]:.2f}x |")
+    return "\n".join(lines)
 
 
 def _int_list(text: str) -> list[int]:
@@ -274,10 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
                         help="clock of the table and the ratios (both are in the JSON); see the module docstring")
     parser.add_argument("--no-kernels", action="store_true", help="skip the kernel table (e.g. with --e2e)")
-    parser.add_argument("--e2e", nargs=3, metavar=("DATA", "FP_CKPT", "PACKED_CKPT"),
-                        help="also time fairseq-generate with an FP and a packed checkpoint")
+    parser.add_argument("--e2e", nargs="+", metavar="DATA FP_CKPT PACKED_CKPT [UNPACKED_CKPT]",
+                        help="also time fairseq-generate with an FP, a packed and optionally the unpacked "
+                             "quant_transformer checkpoint")
     parser.add_argument("--gen-args", default="", help="extra fairseq-generate arguments for --e2e (one string)")
     opts = parser.parse_args(argv)
+    if opts.e2e and len(opts.e2e) not in (3, 4):
+        parser.error(f"--e2e takes DATA FP_CKPT PACKED_CKPT [UNPACKED_CKPT], got {len(opts.e2e)} paths")
     info = cpu_info()
     print(f"CPU: {info['model']} ({info['cores']} cores) | kernel {info['kernel_isa']} | native bf16 "
           f"{info['native_bf16']}, fp16 {info['native_fp16']} | load average {info['loadavg']}")
@@ -298,10 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"decoder linears ({sizes['layers']} layers, 768/3072): fp16 {sizes['fp16_bytes']:,} B, packed SVCD "
               f"{sizes['packed_svcd_bytes']:,} B -> {sizes['compression']:.2f}x smaller")
     if opts.e2e:
-        results["e2e"] = bench_e2e(*opts.e2e, opts.gen_args)
-        for name, r in results["e2e"].items():
-            print(f"fairseq-generate beam 5, {name}: FP {r['fp']}, packed {r['packed']}, speedup "
-                  f"{r['speedup']:.2f}x ({r['compared']})")
+        data, fp, packed, *unpacked = opts.e2e
+        results["e2e"] = bench_e2e(data, fp, packed, opts.gen_args, unpacked[0] if unpacked else None)
+        print()
+        print(f"fairseq-generate, beam 5, CPU ({torch.get_num_threads()} threads; speed vs FP on "
+              f"{next(iter(results['e2e'].values()))['compared']}):")
+        print(e2e_table(results["e2e"]))
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -42,11 +42,13 @@ def test_e2e_runs_as_documented(toy: ToyData, fp_checkpoint: Path, svcd_decoder_
     run_tool([sys.executable, "-m", "cress_bitnet.export", str(svcd_decoder_checkpoint), str(packed)])
     out = tmp_path / "e2e.json"
     log = output(run_tool([sys.executable, "-m", "bench.bench_inference", "--no-kernels", "--json", str(out),
-                           "--e2e", str(toy.st_dir), str(fp_checkpoint), str(packed)], timeout=1800))
+                           "--e2e", str(toy.st_dir), str(fp_checkpoint), str(packed), str(svcd_decoder_checkpoint)],
+                          timeout=1800))
     e2e = json.loads(out.read_text())["e2e"]
     assert set(e2e) == {"batch 1", "batched"}, log
     for run in e2e.values():
-        for which in ("fp", "packed"):
-            assert run[which]["sentences"] == 6 and run[which]["generate_s"] > 0  # the toy tst-COMMON split
-        assert run["compared"] == "generate_s" and run["speedup"] > 0
-    assert "fairseq-generate beam 5, batch 1: FP" in log
+        for which in ("fp", "packed", "unpacked"):  # the toy tst-COMMON split, 6 sentences
+            assert run[which]["sentences"] == 6 and run[which]["generate_s"] > 0 and run[which]["tokens"] > 0
+            assert run[which]["tokens_per_s"] == pytest.approx(run[which]["tokens"] / run[which]["generate_s"])
+        assert run["compared"] == "generate_s" and run["speedup"] > 0 and run["unpacked_speedup"] > 0
+    assert "| batch 1 | unpacked | 6 |" in log and "| batched | packed | 6 |" in log
