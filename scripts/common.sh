@@ -152,6 +152,32 @@ apply_defaults() {
     done
 }
 
+# parse_switches NAME... -- ARGS...: the CPU recipes' command line: -h/--help prints the settings table and exits;
+# --NAME sets the variable NAME (upper case, dashes as underscores) to 1 (each starts at 0); anything else is an error.
+parse_switches() {
+    local names=() name arg known
+    while [[ "$1" != "--" ]]; do
+        names+=("$1")
+        shift
+    done
+    shift
+    for name in "${names[@]}"; do printf -v "${name^^}" '%s' 0; done
+    for arg in "$@"; do
+        if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
+            usage
+            exit 0
+        fi
+        known=0
+        for name in "${names[@]}"; do
+            if [[ "$arg" == "--$name" ]]; then
+                printf -v "${name^^}" '%s' 1
+                known=1
+            fi
+        done
+        [[ "$known" == 1 ]] || die "unknown argument '$arg' (see --help)"
+    done
+}
+
 # The settings most recipes share, declared in one place each.
 vars_data() {
     var TGT "" "target language: $LANGS (required)"

@@ -50,17 +50,7 @@ var OMP_NUM_THREADS 1 "torch CPU threads per process (on a shared 2-core machine
     several times slower than one as soon as another process competes for the cores)"
 vars_python
 
-FRESH=0
-for arg in "$@"; do
-    case "$arg" in
-        -h | --help)
-            usage
-            exit 0
-            ;;
-        --fresh) FRESH=1 ;;
-        *) die "unknown argument '$arg' (see --help)" ;;
-    esac
-done
+parse_switches fresh -- "$@"
 
 export TGT=de
 apply_defaults

@@ -6,65 +6,42 @@ SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$SCRIPTS/common.sh"
 source "$SCRIPTS/stage_runner.sh"
 
-usage() {
-    cat <<EOF
-Usage: [VAR=value ...] scripts/reproduce_paper.sh [--tiny] [--fresh]
-
-Needs the demo's corpus, HuBERT, MT and FP model in \$OUT (scripts/demo.sh with the same OUT); when they are missing
-it runs scripts/demo.sh first (DEMO_* variables apply). Writes, under \$OUT:
+RECIPE_USAGE="[VAR=value ...] scripts/reproduce_paper.sh [--tiny] [--fresh]"
+RECIPE_ABOUT="Needs the demo's corpus, HuBERT, MT and FP model in \$OUT (scripts/demo.sh with the same OUT); when they
+are missing it runs scripts/demo.sh first (DEMO_* variables apply). Writes, under \$OUT:
   submodules.md/json   SVCD 1-bit on cross-attention q, k, v, out, all four, and the whole decoder, each fine-tuned
                        PAPER_SUB_UPDATES updates, in the paper's setting (constraint init, --quant-act seed) and ours
                        (signvalue init, per-token 8-bit activations); BLEU and % of FP
-  init_curves.png      fp16 (CPU) training loss of constraint / unconstrained / svd / signvalue / calibrated on the
-                       decoder, gradient overflows marked
+  init_curves.png      fp16 (CPU) training loss of every init in PAPER_INITS on the decoder, gradient overflows
+                       marked
   fp16_bitnet.png/md   SVCD vs BitNet b1 / b1.58 in fp16 on the decoder: loss, loss scale, overflows
-  retention.png/md     % of FP BLEU after 0, 25, 50, 100, 200 updates of each init, decoder and cross-attention
+  retention.png/md     % of FP BLEU after each of PAPER_RET_UPDATES updates of each init, decoder and cross-attention
                        (0 = the swapped model before any update, scripts/swapped_checkpoint.py)
   paper.json, paper.md every number above next to the paper's claims
   logs/paper_*.log, stamps/paper_*.done, runs/paper/<run>/   as in the demo
 A rerun skips finished stages and finished runs (a run is finished when its decodes exist); --fresh redoes them.
 All runs of one setting share one learning-rate schedule (warmup PAPER_WARMUP), so a run's checkpoint after k updates
 is what a k-update run would give: the retention points and the sub-module table come from the same runs.
+--tiny: minute-sized settings for tests (a tiny demo, 2-update runs, 6 test segments, inits constraint and
+calibrated only); variables set in the environment still win."
+var OUT '$REPO/demo_out' "output folder (the demo's)"
+var PAPER_SUB_UPDATES 100 "updates of every sub-module run"
+var PAPER_RET_UPDATES "0 25 50 100 200" "retention points, space separated (the last is the run length)"
+var PAPER_CURVE_UPDATES 100 "updates of the fp16 curve runs"
+var PAPER_INITS "constraint unconstrained svd signvalue calibrated" "inits compared"
+var PAPER_LR 5e-4 "fine-tuning learning rate (the demo's)"
+var PAPER_WARMUP 25 "warmup updates of every fine-tuning run"
+var PAPER_BEAM 1 "beam of every decode, FP included (1: greedy keeps 60 decodes affordable)"
+var PAPER_CALIB_SAMPLES 32 "utterances greedy-decoded for the calibrated init"
+var PAPER_BATCH 16 "batch size in utterances"
+var PAPER_SEED 1 "training seed"
+var PAPER_STAGES "fp_bleu retention submodules fp16 report" "stages to run"
+var OMP_NUM_THREADS 1 "torch CPU threads per process (see scripts/demo.sh)"
+vars_python
 
-Environment (default):
-  OUT                     output folder (\$REPO/demo_out, the demo's)
-  PAPER_SUB_UPDATES       updates of every sub-module run (100)
-  PAPER_RET_UPDATES       retention points, space separated (0 25 50 100 200; the last is the run length)
-  PAPER_CURVE_UPDATES     updates of the fp16 curve runs (100)
-  PAPER_INITS             inits compared (constraint unconstrained svd signvalue calibrated)
-  PAPER_LR                fine-tuning learning rate (5e-4, the demo's)       PAPER_WARMUP   25
-  PAPER_BEAM              beam of every decode, FP included (1: greedy keeps 60 decodes affordable)
-  PAPER_CALIB_SAMPLES     utterances greedy-decoded for the calibrated init (32)
-  PAPER_BATCH             batch size in utterances (16)     PAPER_SEED   1
-  PAPER_STAGES            stages to run (fp_bleu retention submodules fp16 report)
-  OMP_NUM_THREADS         1 (see scripts/demo.sh)
-  --tiny                  minute-sized settings for tests (a tiny demo first, 1-2 update runs, 6 test segments,
-                          inits constraint and calibrated only)
-EOF
-}
-
-TINY=0
-FRESH=0
-for arg in "$@"; do
-    case "$arg" in
-        -h | --help)
-            usage
-            exit 0
-            ;;
-        --tiny) TINY=1 ;;
-        --fresh) FRESH=1 ;;
-        *) die "unknown argument '$arg' (see --help)" ;;
-    esac
-done
-check_python
-
+parse_switches tiny fresh -- "$@"
 export TGT=de
-OUT="${OUT:-$REPO/demo_out}"
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-export OUT
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-if [[ "$TINY" == 1 ]]; then
+if [[ "$TINY" == 1 ]]; then  # the tiny demo's sizes (tests/conftest.py TINY_DEMO) and 2-update runs
     export DEMO_TRAIN="${DEMO_TRAIN:-24}" DEMO_DEV="${DEMO_DEV:-6}" DEMO_TEST="${DEMO_TEST:-6}"
     export DEMO_VOCAB="${DEMO_VOCAB:-200}" DEMO_DIM="${DEMO_DIM:-32}" DEMO_FFN="${DEMO_FFN:-64}"
     export DEMO_LAYERS="${DEMO_LAYERS:-2}" DEMO_HEADS="${DEMO_HEADS:-2}" DEMO_HUBERT_DIM="${DEMO_HUBERT_DIM:-32}"
@@ -80,17 +57,11 @@ if [[ "$TINY" == 1 ]]; then
     PAPER_CALIB_SAMPLES="${PAPER_CALIB_SAMPLES:-4}"
     PAPER_INITS="${PAPER_INITS:-constraint calibrated}"
 fi
-PAPER_SUB_UPDATES="${PAPER_SUB_UPDATES:-100}"
-PAPER_RET_UPDATES="${PAPER_RET_UPDATES:-0 25 50 100 200}"
-PAPER_CURVE_UPDATES="${PAPER_CURVE_UPDATES:-100}"
-PAPER_INITS="${PAPER_INITS:-constraint unconstrained svd signvalue calibrated}"
-PAPER_LR="${PAPER_LR:-5e-4}"
-PAPER_WARMUP="${PAPER_WARMUP:-25}"
-PAPER_BEAM="${PAPER_BEAM:-1}"
-PAPER_CALIB_SAMPLES="${PAPER_CALIB_SAMPLES:-32}"
-PAPER_BATCH="${PAPER_BATCH:-16}"
-PAPER_SEED="${PAPER_SEED:-1}"
-PAPER_STAGES="${PAPER_STAGES:-fp_bleu retention submodules fp16 report}"
+apply_defaults
+check_python
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+export OUT OMP_NUM_THREADS PYTHON
 read -r -a RET_POINTS <<<"$PAPER_RET_UPDATES"
 RET_MAX="${RET_POINTS[-1]}"
 ((PAPER_SUB_UPDATES <= RET_MAX)) || die "PAPER_SUB_UPDATES ($PAPER_SUB_UPDATES) exceeds the last retention point ($RET_MAX)"
