@@ -139,11 +139,21 @@ def test_unreadable_files_are_named_and_the_rest_translated(exported: dict[str, 
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF\x00\x00garbage" * 10)
     missing = tmp_path / "missing.ogg"
-    proc = translate(exported["pt"], [files[0], broken, *files[1:], missing], check=False)
+    # 3 batches of 2: the progress bar shows (on stderr, counting files); --device cpu and --threads are taken
+    proc = translate(exported["pt"], [files[0], broken, *files[1:], missing], "--batch-size", "2", "--device", "cpu",
+                     "--threads", "2", check=False)
     assert proc.returncode == 1
     assert "2 of 6 files could not be translated" in proc.stderr
     assert str(broken) in proc.stderr and str(missing) in proc.stderr
     assert proc.stdout.split("\n")[:6] == [reference[0], "", *reference[1:], ""]
+    assert re.search(r"100%\|.*\| 6/6 \[", proc.stderr), proc.stderr[-2000:]
+    quiet = translate(exported["pt"], files, "--batch-size", "2", "--no-progress")
+    assert quiet.stdout.splitlines() == reference and "4/4 [" not in quiet.stderr
+
+
+def test_cpu_and_another_device_contradict(tmp_path: Path) -> None:
+    proc = translate(tmp_path / "none.pt", [tmp_path], "--cpu", "--device", "cuda:0", check=False)
+    assert proc.returncode == 2 and "--cpu contradicts --device cuda:0" in proc.stderr
 
 
 @pytest.mark.slow
