@@ -455,14 +455,18 @@ def markdown(res: dict[str, Any]) -> str:
         out.append("")
     if "sizes" in res:
         z = res["sizes"]
-        out += ["## Sizes (MiB of tensor data; packed = `cress_bitnet.export` of SVCD on the whole decoder)", "",
+        out += [f"## Sizes (MiB of tensor data; packed = `cress_bitnet.export` of SVCD on "
+                f"{res.get('quant_targets', 'decoder')})", "",
                 "| part | fp32 | fp16 | packed (rest fp32) | packed (rest fp16) |", "|---|---:|---:|---:|---:|"]
         for part in ("decoder_quantized_linears", "decoder_other", "decoder_layers", "shared_embedding",
                      "whole_decoder", "encoder_text", "hubert", "whole_model"):
             out.append(f"| {part} | {_mb(z['fp32'][part])} | {_mb(z['fp16'][part])} | {_mb(z['packed'][part])} | "
                        f"{_mb(z['packed_fp16_rest'][part])} |")
+        output_quantized = "output" in res.get("quant_targets", "").split(",")
         out += ["", "shared_embedding: the 250,001 × 768 table used by the text encoder, the decoder input and the "
-                "tied output projection (not quantized).",
+                + ("FP model's tied output projection; the packed model's 1-bit output projection is a separate "
+                   "copy, counted with the quantized linears." if output_quantized else
+                   "tied output projection (not quantized)."),
                 "Files (MiB): " + ", ".join(f"{k} {_mb(v)}" for k, v in z["files"].items()) + ".", ""]
     if "decode" in res:
         out += ["## Decoding (fairseq-generate)", "",
@@ -504,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-len", type=int, help="hypothesis length in tokens (quick 20, full 50)")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=2, help="training batch in utterances")
+    p.add_argument("--quant-targets", default="decoder",
+                   help="--quant-targets of the SVCD run (e.g. decoder,output: the 250k output projection too)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1),
                    help="OMP_NUM_THREADS for the subprocesses (default: $OMP_NUM_THREADS or 1, as the demo: on a "
                    "shared CPU two OpenMP threads wait on each other; 0: torch's default)")
@@ -575,10 +581,11 @@ def main(argv: list[str] | None = None) -> int:
             "--arch", "hubert_deltalm_base", "--hubert-model-path", str(base / HUBERT_FILE),
             "--load-pretrained-mt-encoder-decoder-from", str(base / DELTALM_FILE)])
         save()
-        stage(f"SVCD (quant_transformer, whole decoder) training, {a.updates} updates")
-        res["train"]["svcd_decoder"] = train_run(a, "svcd", data, [
+        stage(f"SVCD (quant_transformer, --quant-targets {a.quant_targets}) training, {a.updates} updates")
+        res["train"]["svcd_" + a.quant_targets.replace(",", "_")] = train_run(a, "svcd", data, [
             "--arch", "quant_transformer", "--pretrained-st-checkpoint", str(fp_ckpt), "--quant-method", "svcd",
-            "--quant-targets", "decoder"])
+            "--quant-targets", a.quant_targets])
+        res["quant_targets"] = a.quant_targets
         save()
     packed = a.out / "runs" / "svcd_packed.pt"
     if "export" not in skip:

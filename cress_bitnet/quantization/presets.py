@@ -13,6 +13,9 @@ TARGET_PRESETS: dict[str, list[str]] = {
     "self_attn": [f"decoder.layers.*.self_attn.{p}_proj" for p in ATTN],
     "ffn": [f"decoder.layers.*.fc{i}" for i in range(1, 5)],
     "decoder": ["decoder.*"],
+    # the (tied) vocabulary projection: a separate 1-bit copy, the embedding stays as it is; with a 250k vocabulary it
+    # is most of a decoding step (README, "Real scale")
+    "output": ["decoder.output_projection"],
     "encoder": ["encoder.transformer_layers.*"],
     "all": ["encoder.transformer_layers.*", "decoder.*"],
 }

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import ToyData, fairseq, generate_args, output, run_tool
+from conftest import ToyData, fairseq, generate_args, output, quant_train_args, run_tool
 
 import cress_bitnet  # noqa: F401
 from cress_bitnet.export import export_state
@@ -67,3 +67,26 @@ def test_packed_model_reproduces_the_trained_model_teacher_forced(toy: ToyData, 
     # every token moves (mean 2.4e-3, max 4.5e-3). So: nearly every token exact, none far off.
     assert (diff < 1e-5).float().mean() >= 0.9, diff
     assert diff.max() < 1e-3
+
+
+def test_output_projection_in_one_bit_trains_exports_and_decodes(toy: ToyData, fp_checkpoint: Path,
+                                                                 tmp_path: Path) -> None:
+    """``--quant-targets decoder,output``: the tied vocabulary projection becomes its own SVCD layer (the embedding
+    stays full precision), trains, exports packed, and the packed file decodes to the trained model's hypotheses."""
+    save = tmp_path / "q"
+    log = output(fairseq("train", quant_train_args(toy, fp_checkpoint, save, "--quant-targets", "decoder,output",
+                                                   "--max-update", "2", "--disable-validation")))
+    assert "21 modules swapped for svcd" in log  # 20 decoder linears + the output projection
+    trained = torch.load(save / "checkpoint_last.pt", weights_only=True)["model"]
+    assert {"decoder.output_projection.g", "decoder.output_projection.h"} <= set(trained)
+    emb, proj = trained["decoder.embed_tokens.weight"], trained["decoder.output_projection.weight"]
+    assert emb.shape == proj.shape and emb.untyped_storage().data_ptr() != proj.untyped_storage().data_ptr()
+    packed = tmp_path / "packed.pt"
+    run_tool([sys.executable, "-m", "cress_bitnet.export", str(save / "checkpoint_last.pt"), str(packed)])
+    state = torch.load(packed, weights_only=True)["model"]
+    assert "decoder.output_projection.weight" not in state and "decoder.embed_tokens.weight" in state
+    assert state["decoder.output_projection.signs"].dtype == torch.uint8
+    assert state["decoder.output_projection.signs"].shape == (emb.shape[0], -(-emb.shape[1] // 8))
+    ref = hypotheses(output(fairseq("generate", generate_args(toy, save / "checkpoint_last.pt"))))
+    got = hypotheses(output(fairseq("generate", generate_args(toy, packed))))
+    assert len(ref) == 6 and got == ref
