@@ -8,6 +8,7 @@ from torch import nn
 
 from cress_bitnet.quantization import SVCDConfig, SVCDLinear, quantize_
 from cress_bitnet.quantization.calibration import quantize_calibrated_
+from cress_bitnet.quantization.methods.svcd import fit_signed_rank1
 from tests.quantization.test_quant_layers import _gaussian_linear as _linear
 
 
@@ -22,15 +23,16 @@ def _rel(layer: nn.Module, linear: nn.Linear, x: torch.Tensor) -> float:
         return ((layer(x) - ref).norm() / ref.norm()).item()
 
 
-@pytest.mark.parametrize(("kind", "max_gain"), [("layernorm", 0.999), ("relu", 0.65)])
+@pytest.mark.parametrize(("kind", "max_gain"), [("layernorm", 1.0), ("relu", 0.62)])
 def test_calibrated_fits_better_than_signvalue_and_the_papers_init(kind, max_gain):
     linear, x = _linear(), _inputs(kind, 1)
     fitted = SVCDLinear.from_linear(linear, init="calibrated", calibration_inputs=x).eval()
     rel = _rel(fitted, linear, x)
     signvalue = _rel(SVCDLinear.from_linear(linear, init="signvalue").eval(), linear, x)
     constraint = _rel(SVCDLinear.from_linear(linear, init="constraint").eval(), linear, x)
-    # measured: layernorm 0.592 vs signvalue 0.595 (the sign-fit limit ~0.6), relu 0.498 vs 0.896; constraint ~1.0
-    assert rel <= max_gain * signvalue and rel < constraint
+    # measured: layernorm 0.592 = signvalue's (the spread-matched fit is worse in MSE there, so the start is kept),
+    # relu 0.521 vs 0.887 (0.498 before the spread is matched); constraint ~1.0
+    assert rel <= max_gain * signvalue + 1e-6 and rel < constraint
     # the fit generalises to fresh activations of the same kind (it is not memorising 400 tokens)
     held_out = _inputs(kind, 2)
     assert _rel(fitted, linear, held_out) <= max_gain * _rel(SVCDLinear.from_linear(linear, init="signvalue").eval(),
@@ -43,9 +45,9 @@ def test_calibrated_fits_better_than_signvalue_and_the_papers_init(kind, max_gai
 
 
 @pytest.mark.parametrize("kind", ["layernorm", "relu"])
-def test_calibrated_is_a_least_squares_optimum_in_g_and_h(kind):
-    """Alternating least squares converges: without the 8-bit rounding, the squared output error is stationary in g
-    and h (scale-invariant gradients g·∂L/∂g, h·∂L/∂h ~1e-4, against ~100 at the signvalue start)."""
+def test_alternating_least_squares_reaches_an_optimum_in_g_and_h(kind):
+    """fit_signed_rank1 converges: without the 8-bit rounding, the squared output error is stationary in g and h
+    (scale-invariant gradients g·∂L/∂g, h·∂L/∂h ~1e-4, against ~100 at the signvalue start)."""
     linear, x = _linear(), _inputs(kind, 1)
 
     def scaled_grads(layer: SVCDLinear) -> tuple[float, float]:
@@ -53,9 +55,35 @@ def test_calibrated_is_a_least_squares_optimum_in_g_and_h(kind):
         gg, gh = torch.autograd.grad(loss, [layer.g, layer.h])
         return (gg * layer.g).norm().item(), (gh * layer.h).norm().item()
 
-    fitted = scaled_grads(SVCDLinear.from_linear(linear, init="calibrated", act_quant="none", calibration_inputs=x))
-    start = scaled_grads(SVCDLinear.from_linear(linear, init="signvalue", act_quant="none"))
+    layer = SVCDLinear.from_linear(linear, init="signvalue", act_quant="none")
+    start = scaled_grads(layer)
+    with torch.no_grad():
+        u = torch.nn.functional.layer_norm(x.double(), (256,), layer.norm.weight.double(), layer.norm.bias.double(),
+                                           layer.norm.eps)
+        s = torch.where(layer.weight - layer.weight.mean() >= 0, 1.0, -1.0).double()
+        g, h, c = fit_signed_rank1(u, s, linear(x).double(), layer.g.double(), has_bias=True)
+        layer.g.copy_(g)
+        layer.h.copy_(h)
+        layer.bias.copy_(c / h)
+    fitted = scaled_grads(layer)
     assert fitted[0] < 1e-3 * start[0] and fitted[1] < 1e-3 * start[1], (fitted, start)
+
+
+def test_calibrated_outputs_keep_the_targets_spread():
+    """Least squares alone shrinks a 1-bit layer's outputs (regression dilution: ~0.82 of the targets' spread here);
+    the calibrated layer gives each output the trained layer's spread (ratio 1), which attention logits need."""
+    linear, x = _linear(), _inputs("relu", 1)
+    fitted = SVCDLinear.from_linear(linear, init="calibrated", act_quant="none", calibration_inputs=x)
+    with torch.no_grad():
+        target = linear(x)
+        ratio = fitted(x).std(0) / target.std(0)
+        u = torch.nn.functional.layer_norm(x.double(), (256,), fitted.norm.weight.double(),
+                                           fitted.norm.bias.double(), fitted.norm.eps)
+        s = torch.where(fitted.weight - fitted.weight.mean() >= 0, 1.0, -1.0).double()
+        g, h, c = fit_signed_rank1(u, s, target.double(), fitted.g.double(), has_bias=True)
+        ls_ratio = (((u * g) @ s.T) * h).std(0) / target.double().std(0)
+    assert ratio.median().item() == pytest.approx(1.0, abs=1e-3) and ratio.min().item() > 0.99
+    assert ls_ratio.median().item() < 0.9
 
 
 def test_calibrated_is_deterministic_and_needs_data_only_when_asked():
