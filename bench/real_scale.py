@@ -3,8 +3,9 @@
 Everything else in the repo runs on tiny fixtures; this measures what only shows at real dimensions (95 M + ~360 M
 parameters, a 250,001-entry vocabulary): the key maps, seconds per update, peak memory and optimizer state, the
 packed sizes, decode speed, and the cost of DeltaLM's unquantized 250k-row output projection per decoding step.
-The checkpoints are random (``data_prep.make_base_checkpoints``), so quality numbers mean nothing; a random decoder
-never emits EOS, so every hypothesis runs to ``--max-len-b`` tokens and the token counts are deterministic.
+The checkpoints are random (``data_prep.make_base_checkpoints``), so quality numbers mean nothing; decoding runs with
+``--min-len`` = ``--max-len-b``, so every hypothesis has exactly that many tokens whatever the model (a random decoder
+trained for a few updates learns to stop after two tokens) and every model decodes the same number of steps.
 
     python -m bench.real_scale --out OUT [--quick] [--device cpu|cuda] [--base-dir DIR] [--updates N]
 
@@ -351,7 +352,7 @@ def decode(a: argparse.Namespace, data: Path, name: str, ckpt: Path, split: str,
     stats_path = a.out / "logs" / f"gen_{name}_b{batch}.json"
     gen = [str(data), "--user-dir", str(REPO / "cress_bitnet"), "--task", "speech_and_text_translation",
            "--config-yaml", "config_deltalm.yaml", "--gen-subset", split, "--path", str(ckpt),
-           "--beam", str(a.beam), "--max-len-a", "0", "--max-len-b", str(a.max_len), "--min-len", "1",
+           "--beam", str(a.beam), "--max-len-a", "0", "--max-len-b", str(a.max_len), "--min-len", str(a.max_len),
            "--batch-size", str(batch), "--max-tokens", "40000000", "--scoring", "sacrebleu",
            *(["--cpu"] if a.device == "cpu" else ["--fp16"])]
     r = run([sys.executable, "-m", "bench.real_scale", "--timed-generate", str(stats_path), "--", *gen],
@@ -539,8 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = a.out / "real_scale.json"
     if skip and previous.is_file():  # a partial rerun keeps the earlier results of the stages it skips
         old = json.loads(previous.read_text())
-        keys = {"load": ["load"], "train": ["train"], "export": ["sizes"], "decode": ["decode", "decode_audio_s"],
-                "projection": ["projection"]}
+        keys = {"load": ["load"], "train": ["train", "quant_targets"], "export": ["sizes"],
+                "decode": ["decode", "decode_audio_s"], "projection": ["projection"]}
         for stage_name in skip:
             for key in keys.get(stage_name, []):
                 if key in old:
