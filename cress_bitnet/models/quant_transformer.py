@@ -98,6 +98,18 @@ class QuantTransformerModel(HubertTransformerModel):
         quantize_calibrated_(model, config, targets, run, lambda names: use_module_path_attention(model, names))
         return model
 
+    def upgrade_state_dict_named(self, state_dict: dict, name: str) -> None:
+        """fairseq's decoder upgrade copies ``embed_tokens.weight`` into ``output_projection.weight`` when the two
+        are shared (``share_decoder_input_output_embed``, e.g. ``hubert_deltalm_base``); a packed 1-bit output
+        projection (``--quant-targets ...,output``) holds no such tensor, so that copy is removed again."""
+        super().upgrade_state_dict_named(state_dict, name)
+        key = f"{name}.decoder.output_projection.weight" if name else "decoder.output_projection.weight"
+        projection = self.decoder.output_projection
+        own = {n for n, _ in projection.named_parameters(recurse=False)} | \
+              {n for n, _ in projection.named_buffers(recurse=False)}
+        if key in state_dict and "weight" not in own:
+            del state_dict[key]
+
     def load_state_dict(self, state_dict: Any, strict: bool = True, model_cfg: Any = None, args: Any = None) -> Any:
         result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
         check_finite_quantizers(self)  # a NaN in g, h or a scale would only show up as empty translations

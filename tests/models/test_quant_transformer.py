@@ -15,6 +15,7 @@ import cress_bitnet  # noqa: F401
 from cress_bitnet.quantization import METHODS as REGISTRY
 from cress_bitnet.quantization import QuantLinear, QuantRecord
 from cress_bitnet.quantization.planner import select_bits
+from cress_bitnet.quantization.surgery import pack_
 
 METHODS = sorted(REGISTRY)
 DECODER_LINEARS = re.compile(r"^decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q|k|v|out)_proj$|"
@@ -225,6 +226,20 @@ def test_quantized_decoder_runs_in_half_precision(toy: ToyData, fp_checkpoint: P
         encoder_out["encoder_out"] = [encoder_out["encoder_out"][0].half()]
         logits, _ = model.decoder(net_input["prev_output_tokens"], encoder_out=encoder_out)
     assert logits.dtype == torch.float16 and torch.isfinite(logits).all()
+
+
+def test_packed_output_projection_loads_when_the_decoder_shares_its_embedding(toy: ToyData,
+                                                                              fp_checkpoint: Path) -> None:
+    """A decoder that shares its input and output embedding (hubert_deltalm_base) gets embed_tokens.weight copied
+    into output_projection.weight by fairseq's state-dict upgrade: with a packed 1-bit output projection that key
+    must not reach the strict load (it failed so at real size: 'Unexpected key(s) ... output_projection.weight')."""
+    _, model, _ = build(toy, fp_checkpoint, "--quant-targets", "decoder,output")
+    pack_(model)
+    state = model.state_dict()
+    assert "decoder.output_projection.weight" not in state and "decoder.output_projection.signs" in state
+    model.decoder.share_input_output_embed = True
+    model.load_state_dict(dict(state))  # strict
+    assert torch.equal(model.decoder.output_projection.signs, state["decoder.output_projection.signs"])
 
 
 def test_bad_quant_flags(toy: ToyData, fp_checkpoint: Path, tmp_path: Path) -> None:
