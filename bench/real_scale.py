@@ -244,6 +244,9 @@ def train_run(a: argparse.Namespace, name: str, data: Path, extra: list[str]) ->
 
 
 # ---------------------------------------------------------------------------------------------------------------
+DECODE_MODELS = ("fp", "svcd", "packed")
+
+
 def tensor_groups(ckpt: Path, quant_modules: list[str]) -> dict[str, int]:
     """Bytes of the model tensors by part, each storage counted once. The 250k-row embedding is one tensor shared by
     the text encoder's input, the decoder's input and the (tied) output projection; it counts as the decoder's."""
@@ -509,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-len", type=int, help="hypothesis length in tokens (quick 20, full 50)")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=2, help="training batch in utterances")
+    p.add_argument("--decode-models", default=",".join(DECODE_MODELS),
+                   help="checkpoints decoded (comma list of fp,svcd,packed); the others' decodes are kept from the "
+                        "previous run in OUT")
     p.add_argument("--quant-targets", default="decoder",
                    help="--quant-targets of the SVCD run (e.g. decoder,output: the 250k output projection too)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1),
@@ -538,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "batch_size": a.batch_size, "threads": a.threads or "default",
                                         "base_dir": str(base)}}
     previous = a.out / "real_scale.json"
+    old_decodes = json.loads(previous.read_text()).get("decode", []) if previous.is_file() else []
     if skip and previous.is_file():  # a partial rerun keeps the earlier results of the stages it skips
         old = json.loads(previous.read_text())
         keys = {"load": ["load"], "train": ["train", "quant_targets"], "export": ["sizes"],
@@ -600,8 +607,13 @@ def main(argv: list[str] | None = None) -> int:
         res["packed_kernel"] = kernel_available()
         split, audio_s = subset_manifest(data, a.utterances)
         res["decode_audio_s"] = audio_s
-        res["decode"] = []
+        models = a.decode_models.split(",")
+        # decodes of the models not listed are kept from the previous run in OUT (a partial rerun)
+        kept = old_decodes if set(models) != set(DECODE_MODELS) else []
+        res["decode"] = [d for d in kept if d.get("model") not in models]
         for name, ckpt in (("fp", fp_ckpt), ("svcd", svcd_ckpt), ("packed", packed)):
+            if name not in models:
+                continue
             for batch in (1, a.utterances):
                 stage(f"decode {name}, batch {batch}")
                 res["decode"].append(decode(a, data, name, ckpt, split, audio_s, batch))
