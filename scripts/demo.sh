@@ -11,7 +11,7 @@ RECIPE_ABOUT="Runs every stage with the recipes in scripts/ and writes, under \$
   curves.png                 train/valid loss of every training run (from their tensorboard logs)
   logs/<stage>.log           the full output of each stage;  stamps/<stage>.done  finished stages
 A rerun skips finished stages; --fresh redoes them all. Changing any DEMO_* setting redoes everything.
-On a 2-core CPU the default takes about 13 minutes (FP ~69 BLEU, SVCD within 3 %)."
+On a 2-core CPU the default takes 10-13 minutes (FP ~69 BLEU, SVCD within 3 %)."
 var OUT '$REPO/demo_out' "output folder"
 var DEMO_TRAIN 3000 "train segments of the synthetic corpus"
 var DEMO_DEV 200 "dev segments"
