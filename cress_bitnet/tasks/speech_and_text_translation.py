@@ -185,7 +185,7 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
             for name in split_names(split)
         ]
         alpha = self.data_cfg.sampling_alpha if self._is_train(split) else None
-        return mix_speech_splits(parts, resample_alpha=alpha, seed=self.args.seed, epoch=epoch)
+        return mix_speech_splits(parts, resample_alpha=alpha, seed=getattr(self.args, "seed", 1), epoch=epoch)
 
     def _src_text_flags(self, split: str) -> str:
         """The criterion flags that train on the transcript (training splits only): they need ``src_text``."""
@@ -200,7 +200,8 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
 
     def _text_dataset(self, split: str, shuffle: bool):  # noqa: ANN202 - fairseq dataset
         if self._is_train(split):
-            split = self.args.text_train_subset or (split if "," not in split else "train")
+            # getattr: task args saved by an earlier release lack the flag
+            split = getattr(self.args, "text_train_subset", None) or (split if "," not in split else "train")
         split = "valid" if split == "dev" else split  # CRESS binarizes dev as valid
         logger.info(f"MT text split {split} of {self.args.text_data}")
         return load_text_pair_dataset(
