@@ -103,6 +103,11 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         # With prepend_tgt_lang_tag every target starts with its language's tag: the row's tgt_lang column, else
         # --tgt-lang (the tag decoding starts from when no reference is at hand, e.g. cress-bitnet-translate).
         self.tgt_prefix_token: int | None = None
+        # every <lang:*> tag of the dictionary, stripped from output (fairseq S2T strips them all too); once, here:
+        # decode_text runs per validation hypothesis and a DeltaLM dictionary has 250k entries
+        self.lang_tag_ids: set[int] = (
+            {i for i, sym in enumerate(dictionary.symbols) if sym.startswith("<lang:") and sym.endswith(">")}
+            if data_cfg.prepend_tgt_lang_tag else set())
         if data_cfg.prepend_tgt_lang_tag and args.tgt_lang:
             self.tgt_prefix_token = self.lang_tag_index(args.tgt_lang)
 
@@ -158,10 +163,7 @@ class SpeechAndTextTranslationTask(LegacyFairseqTask):
         return self.dictionary.index(tag)
 
     def _symbols_to_strip(self) -> set[int]:
-        """Every language tag of the dictionary when targets carry one (fairseq S2T strips them all too)."""
-        if not self.data_cfg.prepend_tgt_lang_tag:
-            return set()
-        return {i for i, sym in enumerate(self.dictionary.symbols) if sym.startswith("<lang:") and sym.endswith(">")}
+        return self.lang_tag_ids
 
     def _is_train(self, split: str) -> bool:
         return split.startswith("train")
