@@ -79,18 +79,13 @@ def write_resources(
     given), else from the checkpoint's ``task_state``; a missing piece raises :class:`ResourceError` naming the flag.
     """
     folder = Path(folder)
+    if data_config is not None:  # the same entries the task stores at training time
+        task_state = resources_from_data_config(SpeechDataConfig.load(data_config))
     task_state = task_state or {}
     config: dict[str, Any] | None = None
     vocab_text: str | None = None
     spm_bytes: bytes | None = None
-    if data_config is not None:
-        cfg = SpeechDataConfig.load(data_config)
-        config = _portable_config(cfg.raw)
-        vocab_text = cfg.vocab_path.read_text(encoding="utf-8")
-        spm = _spm_path(cfg)
-        if spm is not None and spm.is_file():
-            spm_bytes = spm.read_bytes()
-    elif task_state.get(CONFIG_KEY):
+    if task_state.get(CONFIG_KEY):
         config = json.loads(task_state[CONFIG_KEY])
         vocab_text = task_state.get(DICTIONARY_KEY)
         if isinstance(task_state.get(SPM_KEY), torch.Tensor):
