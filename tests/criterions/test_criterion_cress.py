@@ -219,9 +219,8 @@ def test_validation_scores_st_only_and_ext_mt_batches_are_plain_ce() -> None:
     assert set(k for k in log if k.endswith("_loss") and k != "nll_loss") == {"ext_mt_loss"}
 
 
-def test_oracle_prefix_is_used_for_the_graded_pass() -> None:
-    model, sample = FakeSTModel(seed=0), padded_batch()
-    crit = oracle(use_word_level_oracle=True, decay_k=1e-3)  # p(gold) ~ 0: the decoder input is the oracle's
+def spy_decoder_inputs(model: FakeSTModel) -> list[torch.Tensor]:
+    """Wrap the model's decoder forward; returns the list each call's decoder input (prev tokens) is appended to."""
     seen: list[torch.Tensor] = []
     decoder_forward = model.decoder.forward
 
@@ -230,6 +229,13 @@ def test_oracle_prefix_is_used_for_the_graded_pass() -> None:
         return decoder_forward(prev, encoder_out=encoder_out)
 
     model.decoder.forward = spy
+    return seen
+
+
+def test_oracle_prefix_is_used_for_the_graded_pass() -> None:
+    model, sample = FakeSTModel(seed=0), padded_batch()
+    crit = oracle(use_word_level_oracle=True, decay_k=1e-3)  # p(gold) ~ 0: the decoder input is the oracle's
+    seen = spy_decoder_inputs(model)
     _, _, log = crit(model, sample)
     gold = sample["net_input"]["prev_output_tokens"]
     assert len(seen) == 4 and torch.equal(seen[0], gold) and torch.equal(seen[2], gold)  # oracle passes, per branch
@@ -250,14 +256,7 @@ def test_cress_criteria_add_ctc_and_kd(tmp_path: Path, monkeypatch: pytest.Monke
     plain_loss, _, _ = adaptive(adaptive_st_loss=True)(model, sample)
     crit = adaptive(adaptive_st_loss=True, ctc_weight=0.3, kd_weight=2.0, kd_teacher=str(path),
                     use_word_level_oracle=True)
-    seen: list[torch.Tensor] = []
-    decoder_forward = model.decoder.forward
-
-    def spy(prev: torch.Tensor, encoder_out: dict) -> tuple:
-        seen.append(prev.clone())
-        return decoder_forward(prev, encoder_out=encoder_out)
-
-    model.decoder.forward = spy
+    seen = spy_decoder_inputs(model)
     torch.manual_seed(0)
     loss, _, log = crit(model, sample)
     assert {"st_loss", "mt_loss", "reg_loss", "ctc_loss", "kd_loss"} <= set(log)
