@@ -232,6 +232,7 @@ def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         assert kernels.kernel_isa() == "avx2"
     elif request.param == "rowmajor":
         monkeypatch.setattr(kernels, "prepacked", lambda ext, packed: None)
+        monkeypatch.setattr(kernels.PrepackedLayout, "get", lambda self, ext, packed: None)
     elif not kernels.load_kernel().lut_supported():
         pytest.skip("the lookup-table kernel needs AVX-512")
     return request.param

@@ -13,6 +13,8 @@ On AVX-512 builds the kernel runs a lookup-table matmul (T-MAC style, see ``pack
 of the weight (16 output rows interleaved byte by byte). The copy is made on first use and cached per weight tensor
 (keyed on its storage, view geometry and version counter, so in-place updates such as ``load_state_dict`` invalidate
 it, and dropped when the tensor is freed): the packed bytes are held twice, which is still 16x less than fp16.
+Packed layers instead hold their own :class:`PrepackedLayout`, whose validity check is two attribute reads: at
+decoder sizes the cache's key alone costs a sizeable share of a whole layer's forward.
 """
 
 from __future__ import annotations
@@ -52,8 +54,23 @@ def _cpu_fingerprint() -> str:
     return hashlib.sha1(f"{platform.machine()}|{flags}".encode()).hexdigest()[:10]
 
 
+# The two variables are read on every call (tests and users flip them at run time). os.environ.get encodes the key
+# and decodes the value each time (~0.6 us, a tenth of a batch-1 decoder layer's forward), so where CPython exposes
+# the raw dict behind os.environ (kept in step by os.environ's own setters) the pre-encoded keys are looked up there.
+_RAW_ENV: dict | None = getattr(os.environ, "_data", None)
+_RAW_KEYS = {name: os.environ.encodekey(name) for name in (FORCE_FALLBACK_ENV, ARCH_ENV)} if _RAW_ENV is not None \
+    else {}
+
+
+def _env(name: str, default: str) -> str:
+    if _RAW_ENV is None:
+        return os.environ.get(name, default)
+    raw = _RAW_ENV.get(_RAW_KEYS[name])
+    return default if raw is None else os.environ.decodevalue(raw)
+
+
 def _arch() -> str:
-    return os.environ.get(ARCH_ENV, "native")
+    return _env(ARCH_ENV, "native")
 
 
 @functools.cache
@@ -91,11 +108,11 @@ def kernel_isa() -> str | None:
 
 
 def _use_kernel(x: Tensor) -> ModuleType | None:
-    if os.environ.get(FORCE_FALLBACK_ENV, "0") not in ("", "0"):
+    if _env(FORCE_FALLBACK_ENV, "0") not in ("", "0"):
         return None
     if not x.is_cpu or (x.requires_grad and torch.is_grad_enabled()):
         return None
-    return _build(os.environ.get(ARCH_ENV, "native"))
+    return _build(_arch())
 
 
 def _check(x: Tensor, packed: Tensor, in_features: int, per_byte: int) -> None:
@@ -171,6 +188,40 @@ def prepacked(ext: ModuleType, packed: Tensor) -> Tensor | None:
     return pre
 
 
+class PrepackedLayout:
+    """One packed layer's LUT layout of one packed buffer, made on first use and remade when the layer's buffer is
+    replaced (``.to()``, ``register_buffer``) or changed in place (``load_state_dict``: its version counter moves).
+
+    Unlike the shared cache of :func:`prepacked` it costs nothing to look up, and it lives as long as the layer.
+    """
+
+    __slots__ = ("_source", "_version", "_layout")
+
+    def __init__(self) -> None:
+        self._source: Tensor | None = None
+        self._version = -1
+        self._layout: Tensor | None = None
+
+    def get(self, ext: ModuleType, packed: Tensor) -> Tensor | None:
+        """The layout of ``packed``, or None where the LUT kernel cannot use one (as :func:`prepacked`)."""
+        if packed is self._source and packed._version == self._version:
+            return self._layout
+        if not _lut_supported(ext):
+            return None
+        if packed.is_inference():
+            _log_inference_weight()
+            return None
+        self._source, self._version, self._layout = packed, packed._version, ext.prepack(packed)
+        return self._layout
+
+    def __reduce__(self) -> tuple[type, tuple]:  # a copied or pickled layer remakes its layout from its own buffer
+        return PrepackedLayout, ()
+
+
+def _layout(ext: ModuleType, packed: Tensor, layout: PrepackedLayout | None) -> Tensor | None:
+    return layout.get(ext, packed) if layout is not None else prepacked(ext, packed)
+
+
 def clear_prepack_cache() -> None:
     """Forget every cached prepacked weight (tests, or to free the memory)."""
     for key in list(_prepack_cache):
@@ -208,14 +259,16 @@ def svcd_forward(
     h: Tensor,
     per_token: bool,
     act_eps: float,
+    layout: PrepackedLayout | None = None,
 ) -> Tensor | None:
     """Fused SVCD inference forward (LayerNorm, sign matmul, bias, per-token 8-bit rescale or none, ⊙ h) in one
-    kernel call, or None when the kernel cannot run (the caller then uses its torch ops)."""
+    kernel call, or None when the kernel cannot run (the caller then uses its torch ops). ``layout``: the calling
+    layer's own prepacked weight (else the shared cache is used). Shapes are checked in the kernel (ValueError)."""
     ext = _use_kernel(x)
     if ext is None:
         return None
-    _check(x, signs, ln_weight.numel(), 8)
-    return ext.svcd_forward(x, ln_weight, ln_bias, ln_eps, signs, bias, h, per_token, act_eps, prepacked(ext, signs))
+    return ext.svcd_forward(x, ln_weight, ln_bias, ln_eps, signs, bias, h, per_token, act_eps,
+                            _layout(ext, signs, layout))
 
 
 def normquant_forward(
@@ -228,20 +281,21 @@ def normquant_forward(
     ternary: bool,
     scales: Tensor,
     bias: Tensor | None,
+    layout: PrepackedLayout | None = None,
 ) -> Tensor | None:
     """Fused BitNet b1 (``ternary=False``: sign bits, LayerNorm) / b1.58 (``ternary=True``: ternary codes, RMSNorm)
     inference forward, or None when the kernel cannot run (the caller then uses its torch ops).
 
     y = (W_packed · Q(N(x))) ⊙ scales[group(o)] + bias, where N is LayerNorm without affine (``rms=False``) or
     RMSNorm, Q the per-token absmax ``act_bits`` fake quantizer of ``common.fake_quant_per_token`` (0: none), and
-    output rows fall into ``scales.numel()`` groups as in ``common.row_group_ids``. Returns x's dtype.
+    output rows fall into ``scales.numel()`` groups as in ``common.row_group_ids``. Returns x's dtype. ``layout`` as
+    in :func:`svcd_forward`.
     """
     ext = _use_kernel(x)
     if ext is None:
         return None
-    _check(x, packed, x.shape[-1], 4 if ternary else 8)
     return ext.normquant_forward(x, rms, norm_eps, act_bits, act_eps, packed, ternary, scales, bias,
-                                 prepacked(ext, packed))
+                                 _layout(ext, packed, layout))
 
 
 __all__ = [
@@ -252,6 +306,7 @@ __all__ = [
     "clear_prepack_cache",
     "load_kernel",
     "normquant_forward",
+    "PrepackedLayout",
     "prepacked",
     "signed_matmul",
     "signed_matmul_reference",

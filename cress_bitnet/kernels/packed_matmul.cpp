@@ -33,7 +33,7 @@
 #include <string>
 #include <vector>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -261,27 +261,8 @@ void run_rows(const float* x, const float* sx, int64_t ldx, const uint8_t* w, in
 }
 
 template <int MODE>
-torch::Tensor packed_matmul(const torch::Tensor& x_in, const torch::Tensor& packed_in, int64_t K) {
-  const int per_byte = MODE == kSign ? 8 : 4;
-  TORCH_CHECK(x_in.device().is_cpu() && packed_in.device().is_cpu(), "packed matmul kernel is CPU-only");
-  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) == K, "x must have ", K, " features in its last dim");
-  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "x must be floating point");
-  TORCH_CHECK(packed_in.dim() == 2 && packed_in.scalar_type() == torch::kUInt8, "packed must be a 2-D uint8 tensor");
-  TORCH_CHECK(packed_in.size(1) == (K + per_byte - 1) / per_byte, "packed rows hold ", packed_in.size(1),
-              " bytes, expected ", (K + per_byte - 1) / per_byte, " for ", K, " features");
-  // Done here rather than in Python: each of these is a dispatcher round trip that costs microseconds there.
-  torch::Tensor x = x_in.reshape({-1, K}).to(torch::kFloat32);
-  if (x.stride(1) != 1) x = x.contiguous();
-  const torch::Tensor packed = packed_in.stride(1) == 1 ? packed_in : packed_in.contiguous();
-  const int64_t N = x.size(0), O = packed.size(0);
-  auto y = torch::empty({N, O}, x.options());
-  std::vector<int64_t> out_shape(x_in.sizes().begin(), x_in.sizes().end() - 1);
-  out_shape.push_back(O);
-  if (N == 0 || O == 0) return y.reshape(out_shape).to(x_in.scalar_type());
-  const float* xp = x.data_ptr<float>();
-  const uint8_t* wp = packed.data_ptr<uint8_t>();
-  float* yp = y.data_ptr<float>();
-  const int64_t ldx = x.stride(0), ldw = packed.stride(0);
+void rowmajor_matmul(const float* xp, int64_t ldx, int64_t N, int64_t K, const uint8_t* wp, int64_t ldw, int64_t O,
+                     float* yp, int64_t ldy) {
   // Row sums of x for the sign epilogue (computed once, serially: N * K adds are negligible next to the matmul).
   std::vector<float> sx(MODE == kSign ? N : 0);
   for (int64_t n = 0; n < static_cast<int64_t>(sx.size()); ++n) {
@@ -301,11 +282,10 @@ torch::Tensor packed_matmul(const torch::Tensor& x_in, const torch::Tensor& pack
   const int64_t grain = std::max<int64_t>(8, (int64_t{1} << 16) / std::max<int64_t>(1, N * K));
   at::parallel_for(0, O, grain, [&](int64_t o_begin, int64_t o_end) {
     int64_t n = 0;
-    for (; n + 4 <= N; n += 4) run_rows<MODE, 4>(xp, sxp, ldx, wp, ldw, K, n, o_begin, o_end, yp, O);
-    for (; n + 2 <= N; n += 2) run_rows<MODE, 2>(xp, sxp, ldx, wp, ldw, K, n, o_begin, o_end, yp, O);
-    for (; n < N; ++n) run_rows<MODE, 1>(xp, sxp, ldx, wp, ldw, K, n, o_begin, o_end, yp, O);
+    for (; n + 4 <= N; n += 4) run_rows<MODE, 4>(xp, sxp, ldx, wp, ldw, K, n, o_begin, o_end, yp, ldy);
+    for (; n + 2 <= N; n += 2) run_rows<MODE, 2>(xp, sxp, ldx, wp, ldw, K, n, o_begin, o_end, yp, ldy);
+    for (; n < N; ++n) run_rows<MODE, 1>(xp, sxp, ldx, wp, ldw, K, n, o_begin, o_end, yp, ldy);
   });
-  return y.reshape(out_shape).to(x_in.scalar_type());
 }
 
 
@@ -376,13 +356,20 @@ void build_tables(const float* x, int64_t K, int64_t NG, float* tab) {
 }
 
 // MB activation rows x NB blocks of 16 output rows, bytes [k0, k1) of every row. acc starts at 0 (first chunk) or
-// at the partial sums already in y.
+// at the partial sums already in y. `cols` is the number of valid output columns from the tile's first block on: a
+// last, partial block is loaded and stored under a mask, so y needs no padding columns.
 template <int MB, int NB>
 inline void lut_tile(const float* tab, int64_t tld, const uint8_t* wb, int64_t KB, int64_t k0, int64_t k1, float* y,
-                     int64_t ldy, bool first) {
+                     int64_t ldy, bool first, int64_t cols) {
+  __mmask16 keep[NB];
+  for (int b = 0; b < NB; ++b) {
+    const int64_t c = cols - b * kBlock;
+    keep[b] = c >= kBlock ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << c) - 1u);
+  }
   __m512 acc[MB][NB];
   for (int m = 0; m < MB; ++m)
-    for (int b = 0; b < NB; ++b) acc[m][b] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y + m * ldy + b * kBlock);
+    for (int b = 0; b < NB; ++b)
+      acc[m][b] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(keep[b], y + m * ldy + b * kBlock);
   for (int64_t k = k0; k < k1; ++k) {
     __m512i lo[NB], hi[NB];
     for (int b = 0; b < NB; ++b) {
@@ -399,16 +386,16 @@ inline void lut_tile(const float* tab, int64_t tld, const uint8_t* wb, int64_t K
     }
   }
   for (int m = 0; m < MB; ++m)
-    for (int b = 0; b < NB; ++b) _mm512_storeu_ps(y + m * ldy + b * kBlock, acc[m][b]);
+    for (int b = 0; b < NB; ++b) _mm512_mask_storeu_ps(y + m * ldy + b * kBlock, keep[b], acc[m][b]);
 }
 
-// Rows [n0, n0 + MB) x blocks [ob0, ob1). K is walked in chunks of kChunk bytes so that the MB rows' tables for the
-// chunk (MB * kChunk * 128 bytes) stay in L1 while every block of the range streams its weights past them.
-// Tiles: 8 rows x 2 blocks (16 accumulators) where 8 rows are left, else MB x 4 blocks: measured 10-20% faster at
-// M = 16-40 than 4 x 4 on Zen 5, the same at M <= 8.
+// Rows [n0, n0 + MB) x blocks [ob0, ob1) of an O-column result. K is walked in chunks of kChunk bytes so that the MB
+// rows' tables for the chunk (MB * kChunk * 128 bytes) stay in L1 while every block of the range streams its weights
+// past them. Tiles: 8 rows x 2 blocks (16 accumulators) where 8 rows are left, else MB x 4 blocks: measured 10-20%
+// faster at M = 16-40 than 4 x 4 on Zen 5, the same at M <= 8.
 template <int MB, int NB = 4>
 void lut_rows(const float* tab, int64_t tld, const uint8_t* wb, int64_t KB, int64_t n0, int64_t ob0, int64_t ob1,
-              float* y, int64_t ldy) {
+              float* y, int64_t ldy, int64_t O) {
   constexpr int64_t kChunk = 32;
   for (int64_t k0 = 0; k0 < KB; k0 += kChunk) {
     const int64_t k1 = std::min(KB, k0 + kChunk);
@@ -416,91 +403,257 @@ void lut_rows(const float* tab, int64_t tld, const uint8_t* wb, int64_t KB, int6
     const float* t = tab + n0 * tld;
     float* yr = y + n0 * ldy;
     for (; ob + NB <= ob1; ob += NB)
-      lut_tile<MB, NB>(t, tld, wb + ob * KB * kBlock, KB, k0, k1, yr + ob * kBlock, ldy, k0 == 0);
-    for (; ob < ob1; ++ob) lut_tile<MB, 1>(t, tld, wb + ob * KB * kBlock, KB, k0, k1, yr + ob * kBlock, ldy, k0 == 0);
+      lut_tile<MB, NB>(t, tld, wb + ob * KB * kBlock, KB, k0, k1, yr + ob * kBlock, ldy, k0 == 0, O - ob * kBlock);
+    for (; ob < ob1; ++ob)
+      lut_tile<MB, 1>(t, tld, wb + ob * KB * kBlock, KB, k0, k1, yr + ob * kBlock, ldy, k0 == 0, O - ob * kBlock);
   }
 }
+#endif
 
-// y (N, OB * 16) = x (N, K) times the prepacked rows. Returns the padded-width result.
+// Per-call scratch memory, one set per calling thread and kept between calls: allocating it through ATen costs a
+// dispatcher round trip per buffer, which at batch-1 decoder sizes is comparable to the whole matmul.
+enum Scratch { kRows = 0, kTables, kLnWeight, kLnBias, kScale, kBias, kNumScratch };
+
+float* scratch(Scratch slot, int64_t n) {
+  thread_local std::vector<float> bufs[kNumScratch];
+  std::vector<float>& b = bufs[slot];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  return b.data();
+}
+
+#if defined(__AVX512F__)
+// y (N, O; row stride ldy) = x (N, K; row stride ldx) times the prepacked rows (OB, KB, 16).
 template <int MODE>
-torch::Tensor lut_matmul_2d(const torch::Tensor& x, const torch::Tensor& pre, int64_t K) {
-  const int64_t N = x.size(0), OB = pre.size(0), KB = pre.size(1), NG = 2 * KB, OP = OB * kBlock;
-  auto y = torch::empty({N, OP}, x.options());
-  if (N == 0 || OB == 0) return y;
-  auto tab_t = torch::empty({N, NG * 16}, x.options());
-  const float* xp = x.data_ptr<float>();
-  float* tab = tab_t.data_ptr<float>();
-  const int64_t ldx = x.stride(0), tld = NG * 16;
+void lut_matmul(const float* xp, int64_t ldx, int64_t N, int64_t K, const uint8_t* wb, int64_t OB, int64_t KB,
+                float* yp, int64_t ldy, int64_t O) {
+  const int64_t NG = 2 * KB, tld = NG * 16;
+  float* tab = scratch(kTables, N * tld);
   at::parallel_for(0, N, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, K)), [&](int64_t b, int64_t e) {
     for (int64_t n = b; n < e; ++n) build_tables<MODE>(xp + n * ldx, K, NG, tab + n * tld);
   });
-  const uint8_t* wb = pre.data_ptr<uint8_t>();
-  float* yp = y.data_ptr<float>();
   // Split blocks so a thread gets at least ~256K table lookups' worth of work (small layers stay serial).
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, N * NG * kBlock));
   at::parallel_for(0, OB, grain, [&](int64_t ob0, int64_t ob1) {
     int64_t n = 0;
-    for (; n + 8 <= N; n += 8) lut_rows<8, 2>(tab, tld, wb, KB, n, ob0, ob1, yp, OP);
-    for (; n + 4 <= N; n += 4) lut_rows<4>(tab, tld, wb, KB, n, ob0, ob1, yp, OP);
-    for (; n + 2 <= N; n += 2) lut_rows<2>(tab, tld, wb, KB, n, ob0, ob1, yp, OP);
-    for (; n < N; ++n) lut_rows<1>(tab, tld, wb, KB, n, ob0, ob1, yp, OP);
+    for (; n + 8 <= N; n += 8) lut_rows<8, 2>(tab, tld, wb, KB, n, ob0, ob1, yp, ldy, O);
+    for (; n + 4 <= N; n += 4) lut_rows<4>(tab, tld, wb, KB, n, ob0, ob1, yp, ldy, O);
+    for (; n + 2 <= N; n += 2) lut_rows<2>(tab, tld, wb, KB, n, ob0, ob1, yp, ldy, O);
+    for (; n < N; ++n) lut_rows<1>(tab, tld, wb, KB, n, ob0, ob1, yp, ldy, O);
   });
-  return y;
 }
 #endif
 
-// x (..., K) -> fp32 (N, K) with unit stride in K.
-torch::Tensor as_rows(const torch::Tensor& x_in, int64_t K) {
-  TORCH_CHECK(x_in.device().is_cpu(), "packed matmul kernel is CPU-only");
-  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) == K, "x must have ", K, " features in its last dim");
-  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "x must be floating point");
-  torch::Tensor x = x_in.reshape({-1, K}).to(torch::kFloat32);
-  return x.stride(1) == 1 ? x : x.contiguous();
+// Activations (..., K) as N fp32 rows with unit stride: the tensor's own memory when it already is fp32 and
+// contiguous (no ATen call at all), else a converted copy held in `hold`.
+struct Rows {
+  const float* p = nullptr;
+  int64_t ld = 0, n = 1;
+  torch::Tensor hold;
+};
+
+Rows float_rows(const torch::Tensor& x, int64_t K) {
+  TORCH_CHECK(x.device().is_cpu(), "packed matmul kernel is CPU-only");
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x has ", x.dim() ? x.size(-1) : 0,
+                    " features, expected in_features=", K);
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "x must be floating point");
+  Rows r;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) r.n *= x.size(d);
+  if (x.scalar_type() == torch::kFloat32 && x.is_contiguous()) {
+    r.p = x.data_ptr<float>();
+    r.ld = K;
+    return r;
+  }
+  r.hold = x.reshape({r.n, K}).to(torch::kFloat32);
+  if (r.hold.stride(1) != 1 && K > 1) r.hold = r.hold.contiguous();
+  r.p = r.hold.data_ptr<float>();
+  r.ld = r.hold.stride(0);
+  return r;
 }
 
-// fp32 (N, O') result with O' >= O columns (padding of the LUT path) for rows x (N, K).
+// fp32 result (..., O) for activations x (..., K); the caller converts it to x's dtype with `in_dtype`.
+torch::Tensor new_output(const torch::Tensor& x, int64_t O) {
+  c10::SmallVector<int64_t, 4> shape(x.sizes().begin(), x.sizes().end() - 1);
+  shape.push_back(O);
+  return at::empty(shape, x.options().dtype(torch::kFloat32));
+}
+
+torch::Tensor in_dtype(const torch::Tensor& y, const torch::Tensor& x) {
+  return x.scalar_type() == torch::kFloat32 ? y : y.to(x.scalar_type());
+}
+
+void half_to_float(const at::Half* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+// A per-feature vector (LayerNorm affine, h, bias, scales: fp16 as exported, or fp32) as n fp32 values: the
+// tensor's memory, or a conversion into scratch slot `slot` (fp16), or into `hold` (any other dtype or layout).
+const float* float_vector(const torch::Tensor& t, int64_t n, Scratch slot, torch::Tensor& hold, const char* what) {
+  TORCH_CHECK_VALUE(t.numel() == n, what, " holds ", t.numel(), " values, expected ", n);
+  TORCH_CHECK(t.device().is_cpu(), what, " must be on the CPU");
+  if (t.is_contiguous() && t.scalar_type() == torch::kFloat32) return t.data_ptr<float>();
+  if (t.is_contiguous() && t.scalar_type() == torch::kHalf) {
+    float* dst = scratch(slot, n);
+    half_to_float(t.data_ptr<at::Half>(), dst, n);
+    return dst;
+  }
+  hold = t.to(torch::kFloat32).contiguous();
+  return hold.data_ptr<float>();
+}
+
+// y (N, O; ldy) = rows x (N, K; ldx) times the packed weight, on the LUT kernel when a prepacked layout is given
+// (AVX-512 builds), else the row-major kernel.
 template <int MODE>
-torch::Tensor matmul_rows(const torch::Tensor& x, const torch::Tensor& packed, const c10::optional<torch::Tensor>& pre,
-                          int64_t K) {
+void matmul_into(const float* x, int64_t ldx, int64_t N, int64_t K, const torch::Tensor& packed,
+                 const c10::optional<torch::Tensor>& pre, float* y, int64_t ldy) {
   const int per_byte = MODE == kSign ? 8 : 4;
   const int64_t KB = (K + per_byte - 1) / per_byte;
+  TORCH_CHECK(packed.device().is_cpu(), "packed matmul kernel is CPU-only");
   TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == torch::kUInt8, "packed must be a 2-D uint8 tensor");
-  TORCH_CHECK(packed.size(1) == KB, "packed rows hold ", packed.size(1), " bytes, expected ", KB, " for ", K,
-              " features");
+  TORCH_CHECK_VALUE(packed.size(1) == KB, "packed weight (", packed.size(0), ", ", packed.size(1),
+                    ") does not hold rows of ", K, " values (", KB, " bytes)");
+  const int64_t O = packed.size(0);
+  if (N == 0 || O == 0) return;
+  if (K == 0) {  // an empty sum
+    for (int64_t n = 0; n < N; ++n) std::fill(y + n * ldy, y + n * ldy + O, 0.0f);
+    return;
+  }
 #if defined(__AVX512F__)
   if (pre.has_value() && pre->defined()) {
-    const int64_t O = packed.size(0);
     TORCH_CHECK(pre->dim() == 3 && pre->scalar_type() == torch::kUInt8 && pre->is_contiguous() &&
                     pre->size(0) == (O + kBlock - 1) / kBlock && pre->size(1) == KB && pre->size(2) == kBlock,
                 "prepacked weight does not match the packed one (", O, " rows of ", KB, " bytes)");
-    return lut_matmul_2d<MODE>(x, *pre, K);
+    lut_matmul<MODE>(x, ldx, N, K, pre->data_ptr<uint8_t>(), pre->size(0), KB, y, ldy, O);
+    return;
   }
 #endif
   (void)pre;
-  return packed_matmul<MODE>(x, packed, K);
-}
-
-torch::Tensor finish_shape(torch::Tensor y, const torch::Tensor& x_in, int64_t O) {
-  if (y.size(1) != O) y = y.narrow(1, 0, O);
-  std::vector<int64_t> shape(x_in.sizes().begin(), x_in.sizes().end() - 1);
-  shape.push_back(O);
-  return y.reshape(shape).to(x_in.scalar_type());
+  const torch::Tensor w = packed.stride(1) == 1 ? packed : packed.contiguous();
+  rowmajor_matmul<MODE>(x, ldx, N, K, w.data_ptr<uint8_t>(), w.stride(0), O, y, ldy);
 }
 
 template <int MODE>
-torch::Tensor matmul_entry(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t K,
+torch::Tensor matmul_entry(const torch::Tensor& x, const torch::Tensor& packed, int64_t K,
                            const c10::optional<torch::Tensor>& pre) {
-  return finish_shape(matmul_rows<MODE>(as_rows(x_in, K), packed, pre, K), x_in, packed.size(0));
+  const Rows r = float_rows(x, K);
+  torch::Tensor y = new_output(x, packed.size(0));
+  matmul_into<MODE>(r.p, r.ld, r.n, K, packed, pre, y.data_ptr<float>(), packed.size(0));
+  return in_dtype(y, x);
 }
 
-// Per-token absmax fake quantization of one row, the exact fp32 arithmetic of common._per_token_quant:
-// scale = qmax / max(max|v|, eps), round half to even, divide back.
+// Sum of n floats in 16 independent partial sums (vectorizable without -ffast-math; one chain is latency-bound).
+template <typename F>
+inline float lane_sum(int64_t n, F term) {
+  float part[16] = {0.0f};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) part[j] += term(i + j);
+  float s = 0.0f;
+  for (; i < n; ++i) s += term(i);
+  for (int j = 0; j < 16; ++j) s += part[j];
+  return s;
+}
+
+// u = (x - mean) / sqrt(var + eps) [* w + b], biased variance over the row, as torch's layer_norm (two passes in
+// fp32; the result may differ from ATen's in the last bits, which the matmul's own rounding already exceeds).
+// Per-token absmax fake quantization (quant_row) repeats the exact fp32 arithmetic of common._per_token_quant:
+// scale = qmax / max(max|v|, eps), round half to even, divide back; the AVX-512 forms give the same bits (IEEE
+// division, round-to-nearest-even) and exist because a libm call per element costs more than the matmul at M ~ 300.
+// svcd_row: the SVCD epilogue (v + b, then the quantizer or nothing, then * h) in one or two passes over a row.
+#if defined(__AVX512F__)
+inline __mmask16 lanes(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+inline __m512 round_even(__m512 v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+
+inline void layer_norm_row(const float* x, int64_t K, const float* w, const float* b, float eps, float* u) {
+  if (K == 0) return;
+  __m512 s = _mm512_setzero_ps();
+  for (int64_t i = 0; i < K; i += 16) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(lanes(K - i), x + i));
+  const float mean = _mm512_reduce_add_ps(s) / static_cast<float>(K);
+  const __m512 mv = _mm512_set1_ps(mean);
+  __m512 q = _mm512_setzero_ps();
+  for (int64_t i = 0; i < K; i += 16) {
+    const __mmask16 m = lanes(K - i);
+    const __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, x + i), mv);
+    q = _mm512_fmadd_ps(d, d, q);
+  }
+  const __m512 rstd = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(q) / static_cast<float>(K) + eps));
+  for (int64_t i = 0; i < K; i += 16) {
+    const __mmask16 m = lanes(K - i);
+    __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv), rstd);
+    if (w) d = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, w + i), _mm512_maskz_loadu_ps(m, b + i));
+    _mm512_mask_storeu_ps(u + i, m, d);
+  }
+}
+
+inline float absmax_row(const float* row, int64_t n) {
+  __m512 m = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(lanes(n - i), row + i)));
+  return _mm512_reduce_max_ps(m);
+}
+
+inline void quant_row(float* row, int64_t n, float qmax, float eps) {
+  const __m512 scale = _mm512_set1_ps(qmax / std::max(absmax_row(row, n), eps));
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = lanes(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(m, row + i);
+    _mm512_mask_storeu_ps(row + i, m, _mm512_div_ps(round_even(_mm512_mul_ps(v, scale)), scale));
+  }
+}
+
+inline void svcd_row(float* row, int64_t O, const float* bp, const float* hp, bool per_token, float eps) {
+  if (bp)
+    for (int64_t o = 0; o < O; o += 16) {
+      const __mmask16 m = lanes(O - o);
+      const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, row + o), _mm512_maskz_loadu_ps(m, bp + o));
+      _mm512_mask_storeu_ps(row + o, m, v);
+    }
+  const __m512 scale = _mm512_set1_ps(per_token ? 127.0f / std::max(absmax_row(row, O), eps) : 1.0f);
+  for (int64_t o = 0; o < O; o += 16) {
+    const __mmask16 m = lanes(O - o);
+    __m512 v = _mm512_maskz_loadu_ps(m, row + o);
+    if (per_token) v = _mm512_div_ps(round_even(_mm512_mul_ps(v, scale)), scale);
+    _mm512_mask_storeu_ps(row + o, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, hp + o)));
+  }
+}
+#else
+inline void layer_norm_row(const float* x, int64_t K, const float* w, const float* b, float eps, float* u) {
+  const float mean = K ? lane_sum(K, [&](int64_t i) { return x[i]; }) / static_cast<float>(K) : 0.0f;
+  const float var =
+      K ? lane_sum(K, [&](int64_t i) { const float d = x[i] - mean; return d * d; }) / static_cast<float>(K) : 0.0f;
+  const float rstd = 1.0f / std::sqrt(var + eps);
+  if (w)
+    for (int64_t i = 0; i < K; ++i) u[i] = (x[i] - mean) * rstd * w[i] + b[i];
+  else
+    for (int64_t i = 0; i < K; ++i) u[i] = (x[i] - mean) * rstd;
+}
+
 inline void quant_row(float* row, int64_t n, float qmax, float eps) {
   float m = 0.0f;
   for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(row[i]));
   const float scale = qmax / std::max(m, eps);
   for (int64_t i = 0; i < n; ++i) row[i] = std::nearbyint(row[i] * scale) / scale;
 }
+
+inline void svcd_row(float* row, int64_t O, const float* bp, const float* hp, bool per_token, float eps) {
+  if (bp)
+    for (int64_t o = 0; o < O; ++o) row[o] += bp[o];
+  if (per_token) quant_row(row, O, 127.0f, eps);
+  for (int64_t o = 0; o < O; ++o) row[o] *= hp[o];
+}
+#endif
+
+// Rows per parallel task of a per-row pass over n-value rows (~16K values a task: small batches stay serial).
+inline int64_t row_grain(int64_t n) { return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, n)); }
 
 }  // namespace
 
@@ -515,67 +668,84 @@ torch::Tensor ternary_matmul(const torch::Tensor& x, const torch::Tensor& packed
 }
 
 // Whole SVCD inference forward in one call: y = Act(signs · LN'(x) + b) ⊙ h, LN' with g already folded in.
-// At batch 1 the ~10 small torch ops of the Python epilogue cost more than the matmul itself; here they are one
-// pass per row. The per-token quantizer repeats fake_quant_per_token's fp32 arithmetic, so results match the
-// Python path bit for bit given the same z.
+// Written as loops over raw memory with one ATen call (the output's allocation) when x is fp32 and contiguous and
+// the vectors are fp16 or fp32: at decoder sizes (128-1024 wide, a few rows a beam step) each ATen op costs about as
+// much as the matmul, and a decoder step calls this ~8 times a layer. The per-token quantizer repeats
+// fake_quant_per_token's fp32 arithmetic.
 torch::Tensor svcd_forward(const torch::Tensor& x, const torch::Tensor& ln_weight, const torch::Tensor& ln_bias,
                            double ln_eps, const torch::Tensor& signs, const c10::optional<torch::Tensor>& bias,
                            const torch::Tensor& h, bool per_token, double act_eps,
                            const c10::optional<torch::Tensor>& prepacked) {
-  const int64_t K = x.size(-1), O = signs.size(0);
-  const auto f32 = torch::kFloat32;
-  torch::Tensor u = at::layer_norm(as_rows(x, K), {K}, ln_weight.to(f32), ln_bias.to(f32), ln_eps);
-  torch::Tensor y = matmul_rows<kSign>(u, signs, prepacked, K);
-  const int64_t N = y.size(0), ldy = y.size(1);
-  torch::Tensor hf = h.to(f32).contiguous();
-  torch::Tensor bf = bias.has_value() && bias->defined() ? bias->to(f32).contiguous() : torch::Tensor();
-  const float* hp = hf.data_ptr<float>();
-  const float* bp = bf.defined() ? bf.data_ptr<float>() : nullptr;
+  const int64_t K = x.dim() ? x.size(-1) : 0, O = signs.size(0);
+  const Rows r = float_rows(x, K);
+  torch::Tensor hw, hb, hh, hbias;
+  const float* lw = float_vector(ln_weight, K, kLnWeight, hw, "ln_weight");
+  const float* lb = float_vector(ln_bias, K, kLnBias, hb, "ln_bias");
+  const float* hp = float_vector(h, O, kScale, hh, "h");
+  const float* bp = bias.has_value() && bias->defined() ? float_vector(*bias, O, kBias, hbias, "bias") : nullptr;
+  const int64_t N = r.n;
+  float* u = scratch(kRows, N * K);
+  const float eps = static_cast<float>(ln_eps);
+  at::parallel_for(0, N, row_grain(K), [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) layer_norm_row(r.p + n * r.ld, K, lw, lb, eps, u + n * K);
+  });
+  torch::Tensor y = new_output(x, O);
   float* yp = y.data_ptr<float>();
-  for (int64_t n = 0; n < N; ++n) {
-    float* row = yp + n * ldy;
-    if (bp)
-      for (int64_t o = 0; o < O; ++o) row[o] += bp[o];
-    if (per_token) quant_row(row, O, 127.0f, static_cast<float>(act_eps));
-    for (int64_t o = 0; o < O; ++o) row[o] *= hp[o];
-  }
-  return finish_shape(y, x, O);
+  matmul_into<kSign>(u, K, N, K, signs, prepacked, yp, O);
+  const float aeps = static_cast<float>(act_eps);
+  at::parallel_for(0, N, row_grain(O), [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) svcd_row(yp + n * O, O, bp, hp, per_token, aeps);
+  });
+  return in_dtype(y, x);
 }
 
 // BitNet b1 / b1.58 inference forward in one call: normalize (LayerNorm without affine, or RMSNorm), per-token
 // act_bits fake quantization (act_bits = 0: none), packed matmul (signs or ternary codes), times the scale of each
 // output row's group (groups as common.row_group_ids: O // G rows each, the last takes the remainder), + bias.
+// The norm is ATen's own (not a loop here): the quantizer that follows rounds it, and a last-bit difference from the
+// training form's torch norm could move a value across a rounding boundary.
 torch::Tensor normquant_forward(const torch::Tensor& x, bool rms, double norm_eps, int64_t act_bits, double act_eps,
                                 const torch::Tensor& packed, bool ternary, const torch::Tensor& scales,
                                 const c10::optional<torch::Tensor>& bias,
                                 const c10::optional<torch::Tensor>& prepacked) {
-  const int64_t K = x.size(-1), O = packed.size(0), G = scales.numel();
+  const int64_t K = x.dim() ? x.size(-1) : 0, O = packed.size(0), G = scales.numel();
   TORCH_CHECK(G >= 1 && G <= std::max<int64_t>(O, 1), "scales must hold 1..out_features group scales, got ", G);
   TORCH_CHECK(act_bits == 0 || act_bits >= 2, "act_bits must be 0 (no quantization) or >= 2, got ", act_bits);
-  torch::Tensor xr = as_rows(x, K);
+  const Rows r = float_rows(x, K);
+  const torch::Tensor xr = torch::from_blob(const_cast<float*>(r.p), {r.n, K}, {r.ld, 1}, torch::kFloat32);
   torch::Tensor u = rms ? at::rms_norm(xr, {K}, c10::nullopt, norm_eps) : at::layer_norm(xr, {K}, {}, {}, norm_eps);
   u = u.contiguous();
+  float* up = u.data_ptr<float>();
+  const int64_t N = r.n;
   if (act_bits) {
     const float qmax = static_cast<float>((int64_t{1} << (act_bits - 1)) - 1);
-    float* up = u.data_ptr<float>();
-    for (int64_t n = 0; n < u.size(0); ++n) quant_row(up + n * K, K, qmax, static_cast<float>(act_eps));
+    const float aeps = static_cast<float>(act_eps);
+    at::parallel_for(0, N, row_grain(K), [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) quant_row(up + n * K, K, qmax, aeps);
+    });
   }
-  torch::Tensor y = ternary ? matmul_rows<kTernary>(u, packed, prepacked, K) : matmul_rows<kSign>(u, packed, prepacked, K);
-  const int64_t N = y.size(0), ldy = y.size(1), size = std::max<int64_t>(1, O / G);
-  torch::Tensor sf = scales.to(torch::kFloat32).contiguous();
-  torch::Tensor bf = bias.has_value() && bias->defined() ? bias->to(torch::kFloat32).contiguous() : torch::Tensor();
-  const float* sp = sf.data_ptr<float>();
-  const float* bp = bf.defined() ? bf.data_ptr<float>() : nullptr;
+  torch::Tensor hs, hbias;
+  const float* sp = float_vector(scales, G, kScale, hs, "scales");
+  const float* bp = bias.has_value() && bias->defined() ? float_vector(*bias, O, kBias, hbias, "bias") : nullptr;
+  torch::Tensor y = new_output(x, O);
   float* yp = y.data_ptr<float>();
-  for (int64_t n = 0; n < N; ++n) {
-    float* row = yp + n * ldy;
-    for (int64_t o = 0; o < O; ++o) {
-      const float v = row[o] * sp[std::min(o / size, G - 1)];
-      row[o] = bp ? v + bp[o] : v;
+  if (ternary)
+    matmul_into<kTernary>(up, K, N, K, packed, prepacked, yp, O);
+  else
+    matmul_into<kSign>(up, K, N, K, packed, prepacked, yp, O);
+  const int64_t size = std::max<int64_t>(1, O / G);
+  at::parallel_for(0, N, row_grain(O), [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      float* row = yp + n * O;
+      for (int64_t o = 0; o < O; ++o) {
+        const float v = row[o] * sp[std::min(o / size, G - 1)];
+        row[o] = bp ? v + bp[o] : v;
+      }
     }
-  }
-  return finish_shape(y, x, O);
+  });
+  return in_dtype(y, x);
 }
+
 
 torch::Tensor prepack(const torch::Tensor& packed) { return prepack_rows(packed); }
 

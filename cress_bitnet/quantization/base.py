@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import Tensor, nn
 
+from cress_bitnet.kernels import PrepackedLayout
+
 from .config import QuantConfig, resolve_config
 
 AUX_DTYPE = torch.float16
@@ -147,6 +149,7 @@ class PackedLinear(_ConfiguredLinear):
 
     def _allocate(self, bias: bool, aux_dtype: torch.dtype = AUX_DTYPE) -> None:
         self.aux_dtype = aux_dtype
+        self.layout = PrepackedLayout()  # the kernel's copy of this layer's packed weight, made on first use
         if bias:
             self.register_buffer("bias", torch.zeros(self.out_features, dtype=aux_dtype))
         else:

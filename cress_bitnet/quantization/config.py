@@ -9,6 +9,7 @@ checkpoint's quantization record stores them (torchao's ``config_to_dict`` / ``c
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Self
 
@@ -52,7 +53,10 @@ class QuantConfig:
         """Raise ValueError when this config cannot apply to an (out, in) weight; default: any shape."""
 
     @classmethod
+    @functools.cache
     def field_names(cls) -> tuple[str, ...]:
+        # Cached: quantized layers answer attribute lookups from it, and fairseq's beam search asks every module
+        # `hasattr(m, "reorder_incremental_state")` on every step (~100k misses a demo decode).
         return tuple(f.name for f in fields(cls))
 
     @classmethod

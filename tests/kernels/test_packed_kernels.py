@@ -102,7 +102,10 @@ def test_prepack_cache_follows_in_place_updates_and_frees():
 @pytest.mark.parametrize("per_token", [False, True], ids=["no-act-quant", "per-token"])
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 @pytest.mark.parametrize("rows", [1, 5, 40])
-def test_svcd_forward_matches_torch_ops(kernel_path, per_token, bias, rows):
+@pytest.mark.parametrize("aux", ["fp32", "fp16", "strided"])
+def test_svcd_forward_matches_torch_ops(kernel_path, per_token, bias, rows, aux):
+    """``aux``: the vectors in fp32, in fp16 as a packed layer stores them (converted inside the kernel), or as
+    strided fp32 views with x a strided view too (the kernel's conversion path)."""
     gen = torch.Generator().manual_seed(rows * 4 + 2 * bias + per_token)
     out, inp = 45, 100
     signs = _dense_pm1(out, inp, gen)
@@ -110,10 +113,20 @@ def test_svcd_forward_matches_torch_ops(kernel_path, per_token, bias, rows):
     b = torch.randn(out, generator=gen) if bias else None
     h = torch.rand(out, generator=gen) + 0.5
     x = torch.randn(rows, inp, generator=gen)
+    if aux == "fp16":
+        ln_w, ln_b, h = ln_w.half(), ln_b.half(), h.half()
+        b = None if b is None else b.half()
+    elif aux == "strided":
+        ln_w, ln_b, h = (torch.stack([v, -v], -1)[:, 0] for v in (ln_w, ln_b, h))
+        b = None if b is None else torch.stack([b, -b], -1)[:, 0]
+        x = torch.stack([x, -x], -1)[..., 0]
+        assert not x.is_contiguous() and not ln_w.is_contiguous()
     y = kernels.svcd_forward(x, ln_w, ln_b, 1e-5, pack_signs(signs), b, h, per_token, 1e-5)
     if kernel_path == "fallback":
         assert y is None  # the caller runs its torch ops
         return
+    ln_w, ln_b, h = ln_w.float(), ln_b.float(), h.float()
+    b = None if b is None else b.float()
     u = F.layer_norm(x, (inp,), ln_w, ln_b, 1e-5)
     z = (u.double() @ signs.double().T).float() + (0 if b is None else b)
     atol = sum_bound(u)
@@ -181,3 +194,30 @@ def test_failed_build_falls_back_and_logs_once(monkeypatch, caplog):
     finally:
         monkeypatch.delenv(kernels.ARCH_ENV)
         kernels._build.cache_clear()
+
+
+def _packed_svcd(seed: int, out: int = 40, inp: int = 72):
+    from cress_bitnet.quantization.methods.svcd import PackedSVCDLinear, SVCDLinear
+
+    torch.manual_seed(seed)
+    return PackedSVCDLinear.from_quantized(SVCDLinear.from_linear(torch.nn.Linear(inp, out))).eval()
+
+
+@torch.no_grad()
+def test_layer_layout_follows_its_buffers(kernel_path):
+    """A packed layer's own prepacked layout must never outlive the weights it was made from: not a load_state_dict
+    (in place), not a buffer replaced by another tensor; a deep copy remakes its own."""
+    import copy
+
+    a, b = _packed_svcd(0), _packed_svcd(1)
+    x = torch.randn(5, 72, generator=torch.Generator().manual_seed(2))
+    ya, yb = a(x), b(x)
+    assert not torch.allclose(ya, yb)
+    a.load_state_dict(b.state_dict())
+    assert torch.equal(a(x), yb)
+    c = copy.deepcopy(a)
+    assert c.layout is not a.layout and torch.equal(c(x), yb)
+    a.signs = _packed_svcd(0).signs.clone()  # a new tensor in place of the buffer (as .to() or assignment does)
+    expected = copy.deepcopy(a)
+    expected.layout = kernels.PrepackedLayout()
+    assert torch.equal(a(x), expected(x)) and not torch.equal(a(x), yb)

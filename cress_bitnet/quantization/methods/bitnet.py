@@ -157,7 +157,7 @@ class _PackedNormActQuant(PackedLinear):
     def forward(self, x: Tensor) -> Tensor:
         cfg = self.config
         fused = normquant_forward(x, self.TERNARY, EPS, cfg.act_bits if cfg.act_quant == "per_token" else 0, EPS,
-                                  self._levels(), self.TERNARY, self.scales, self.bias)
+                                  self._levels(), self.TERNARY, self.scales, self.bias, self.layout)
         if fused is not None:
             return fused
         xn = self._normalize(x.float())
