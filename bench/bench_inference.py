@@ -19,7 +19,8 @@ says nothing about the wall-clock gain, which only wall time on an idle machine 
 average so the reader can tell.
 
 ``--e2e`` times fairseq-generate on DATA with an FP, an exported packed and (optionally) the unpacked quant_transformer
-checkpoint it was exported from (beam 5, batch 1 and batched): wall time, fairseq's generation time, tokens/s.
+checkpoint it was exported from (beam 5, batch 1 and batched): wall time, fairseq's generation time, tokens/s, each the
+median of ``--e2e-repeats`` runs taken in alternating order.
 ``--user-dir``, ``--task``, ``--config-yaml`` and ``--gen-subset`` come from the checkpoint and the data folder;
 anything in ``--gen-args`` is appended last and so overrides them.
 """
@@ -30,11 +31,11 @@ import argparse
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -43,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.timed_generate import generate_stats
 from cress_bitnet.kernels import kernel_isa, signed_matmul
 from cress_bitnet.quantization import PackedSVCDLinear, SVCDLinear, buffer_nbytes, pack_signs
 
@@ -193,7 +195,6 @@ def decoder_sizes() -> dict[str, object]:
 
 # --- end to end -----------------------------------------------------------------------------------------------
 
-_TRANSLATED = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s")
 E2E_RUNS = {"batch 1": ["--batch-size", "1"], "batched": ["--batch-size", "64"]}
 
 
@@ -226,52 +227,79 @@ def derived_generate_args(data: Path, ckpt: Path) -> list[str]:
     return args
 
 
-def run_generate(data: Path, ckpt: Path, extra: list[str]) -> dict[str, float]:
-    """One fairseq-generate run on CPU; wall time of the process and fairseq's own generation time."""
-    cmd = [sys.executable, "-m", "fairseq_cli.generate", str(data), "--path", str(ckpt), "--cpu", "--beam", "5",
-           *derived_generate_args(data, ckpt), *extra]
+def run_generate(data: Path, ckpt: Path, extra: list[str], stats_path: Path) -> dict[str, float]:
+    """One fairseq-generate run on CPU under ``bench.timed_generate``: the process's wall time, fairseq's generation
+    time and the encoder / decoder / output-projection timers (real_scale's numbers, from the same code)."""
+    cmd = [sys.executable, "-m", "bench.timed_generate", str(stats_path), "--", str(data), "--path", str(ckpt),
+           "--cpu", "--beam", "5", *derived_generate_args(data, ckpt), *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"fairseq-generate failed ({proc.returncode}) for {ckpt}:\n{proc.stderr[-3000:]}")
-    match = _TRANSLATED.search(proc.stdout + proc.stderr)
-    result = {"wall_s": wall}
-    if match:
-        tokens, seconds = int(match.group(2).replace(",", "")), float(match.group(3))
-        result.update(sentences=int(match.group(1).replace(",", "")), tokens=tokens, generate_s=seconds,
-                      tokens_per_s=tokens / seconds if seconds > 0 else float("inf"))
-    return result
+    return {"wall_s": wall, **generate_stats(proc.stdout + proc.stderr, stats_path, f"the log of {ckpt}")}
 
 
 def bench_e2e(data: str, fp_ckpt: str, packed_ckpt: str, gen_args: str,
-              unpacked_ckpt: str | None = None) -> dict[str, object]:
-    """Per batch setting: each checkpoint's run and its speedup over FP (on fairseq's generation time if every run
-    reported one, else on process wall time)."""
+              unpacked_ckpt: str | None = None, repeats: int = 3) -> dict[str, object]:
+    """Per batch setting: each checkpoint's runs and its speedup over FP (on fairseq's generation time if every run
+    reported one, else on process wall time).
+
+    Each checkpoint runs ``repeats`` times, the order reversed on every other round so that a drift in machine load
+    hits all alike; a run's numbers are the medians (every run's times are kept in ``*_all``). Decoding is
+    deterministic, so the sentence and token counts are the same in every round (checked).
+    """
     extra = shlex.split(gen_args)
     models = {"fp": fp_ckpt, "packed": packed_ckpt, **({"unpacked": unpacked_ckpt} if unpacked_ckpt else {})}
     out: dict[str, object] = {}
     for name, batch in E2E_RUNS.items():
-        runs = {which: run_generate(Path(data), Path(ckpt), batch + extra) for which, ckpt in models.items()}
+        rounds: dict[str, list[dict[str, float]]] = {which: [] for which in models}
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(repeats):
+                for which in (list(models) if r % 2 == 0 else list(models)[::-1]):
+                    rounds[which].append(run_generate(Path(data), Path(models[which]), batch + extra,
+                                                      Path(tmp) / f"{which}{r}.json"))
+        runs = {which: _median_run(rs, f"{name}, {which}") for which, rs in rounds.items()}
         key = "generate_s" if all("generate_s" in r for r in runs.values()) else "wall_s"
-        out[name] = {**runs, "compared": key,
+        out[name] = {**runs, "compared": key, "repeats": repeats,
                      "speedup": runs["fp"][key] / runs["packed"][key],
                      **({"unpacked_speedup": runs["fp"][key] / runs["unpacked"][key]} if unpacked_ckpt else {})}
     return out
 
 
+def _median_run(runs: list[dict[str, float]], what: str) -> dict[str, object]:
+    counts = {(r.get("sentences"), r.get("tokens")) for r in runs}
+    if len(counts) != 1:
+        raise RuntimeError(f"e2e {what}: the repeated runs decoded different outputs (sentences, tokens): {counts}")
+    med: dict[str, object] = {k: v for k, v in runs[0].items() if k in ("sentences", "tokens", "decoder_steps")}
+    for key in ("wall_s", "generate_s", "encoder_s", "decoder_s", "decoder_ms_per_step",
+                "output_projection_ms_per_step"):
+        if all(key in r for r in runs):
+            med[f"{key}_all"] = [r[key] for r in runs]
+            med[key] = statistics.median(med[f"{key}_all"])
+    if "generate_s" in med and "tokens" in med:
+        med["tokens_per_s"] = med["tokens"] / med["generate_s"] if med["generate_s"] > 0 else float("inf")
+    return med
+
+
 def e2e_table(e2e: dict[str, dict]) -> str:
     """Markdown: one row per (batch setting, checkpoint)."""
-    lines = ["| batch | checkpoint | sentences | tokens | generate s | wall s | tokens/s | speed vs FP |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    nan = float("nan")
+    lines = ["| batch | checkpoint | sentences | tokens | generate s | wall s | tokens/s | speed vs FP | encoder s | "
+             "decoder s | decoder ms/step | of which output proj. | decoder speed vs FP |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in e2e.items():
         for which in ("fp", "unpacked", "packed"):
             if which not in r:
                 continue
             run, key = r[which], r["compared"]
+            dec = r["fp"].get("decoder_ms_per_step", nan) / run.get("decoder_ms_per_step", nan)
             lines.append(f"| {name} | {which} | {run.get('sentences', '?')} | {run.get('tokens', '?')} | "
-                         f"{run.get('generate_s', float('nan')):.2f} | {run['wall_s']:.2f} | "
-                         f"{run.get('tokens_per_s', float('nan')):.1f} | {r['fp'][key] / run[key]:.2f}x |")
+                         f"{run.get('generate_s', nan):.2f} | {run['wall_s']:.2f} | "
+                         f"{run.get('tokens_per_s', nan):.1f} | {r['fp'][key] / run[key]:.2f}x | "
+                         f"{run.get('encoder_s', nan):.2f} | {run.get('decoder_s', nan):.2f} | "
+                         f"{run.get('decoder_ms_per_step', nan):.3f} | "
+                         f"{run.get('output_projection_ms_per_step', nan):.3f} | {dec:.2f}x |")
     return "\n".join(lines)
 
 
@@ -301,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time fairseq-generate with an FP, a packed and optionally the unpacked "
                              "quant_transformer checkpoint")
     parser.add_argument("--gen-args", default="", help="extra fairseq-generate arguments for --e2e (one string)")
+    parser.add_argument("--e2e-repeats", type=int, default=3, metavar="N",
+                        help="runs of each checkpoint per batch setting, alternating order; medians reported")
     opts = parser.parse_args(argv)
     if opts.e2e and len(opts.e2e) not in (3, 4):
         parser.error(f"--e2e takes DATA FP_CKPT PACKED_CKPT [UNPACKED_CKPT], got {len(opts.e2e)} paths")
@@ -325,10 +355,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{sizes['packed_svcd_bytes']:,} B -> {sizes['compression']:.2f}x smaller")
     if opts.e2e:
         data, fp, packed, *unpacked = opts.e2e
-        results["e2e"] = bench_e2e(data, fp, packed, opts.gen_args, unpacked[0] if unpacked else None)
+        if opts.e2e_repeats < 1:
+            parser.error(f"--e2e-repeats must be >= 1, got {opts.e2e_repeats}")
+        results["e2e"] = bench_e2e(data, fp, packed, opts.gen_args, unpacked[0] if unpacked else None,
+                                   opts.e2e_repeats)
         print()
         print(f"fairseq-generate, beam 5, CPU ({torch.get_num_threads()} threads; speed vs FP on "
-              f"{next(iter(results['e2e'].values()))['compared']}):")
+              f"{next(iter(results['e2e'].values()))['compared']}, median of {opts.e2e_repeats} runs each):")
         print(e2e_table(results["e2e"]))
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -30,14 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.timed_generate import generate_stats
+
 REPO = Path(__file__).resolve().parent.parent  # run as `python -m bench.<name>` from the checkout
 
 TGT = "de"
 SAMPLE_RATE = 16000
 GIB = 2**30
 MIB = 2**20
-_TRANSLATED = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s, "
-                         r"([\d.]+) tokens/s\)")
 _JSON_LINE = re.compile(r"\|\s*train_inner\s*\|\s*(\{.*\})\s*$")
 
 
@@ -302,44 +302,6 @@ def export_sizes(a: argparse.Namespace, svcd_ckpt: Path, fp_ckpt: Path) -> dict[
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
-def timed_generate(stats_path: str, gen_args: list[str]) -> None:
-    """Run fairseq-generate in this process with timers on the speech/text encoder, the decoder and its output
-    projection (class-level wrappers, so the FP, SVCD and packed models are timed alike)."""
-    import torch
-    from fairseq.models.transformer import TransformerDecoderBase
-
-    from cress_bitnet.models.hubert_transformer import HubertTransformerEncoder
-
-    stats: dict[str, float] = {"encoder_s": 0.0, "encoder_calls": 0, "decoder_s": 0.0, "decoder_calls": 0,
-                               "decoder_rows": 0, "output_layer_s": 0.0, "output_layer_calls": 0}
-
-    def wrap(cls: type, name: str, key: str, rows: bool = False) -> None:
-        original = getattr(cls, name)
-
-        def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            out = original(self, *args, **kwargs)
-            stats[key + "_s"] += time.perf_counter() - t0
-            stats[key + "_calls"] += 1
-            if rows and args and torch.is_tensor(args[0]):
-                stats["decoder_rows"] += int(args[0].shape[0])
-            return out
-
-        setattr(cls, name, timed)
-
-    wrap(HubertTransformerEncoder, "forward", "encoder")
-    wrap(TransformerDecoderBase, "forward", "decoder", rows=True)
-    wrap(TransformerDecoderBase, "output_layer", "output_layer")
-    from fairseq_cli.generate import cli_main
-
-    sys.argv = ["fairseq-generate", *gen_args]
-    t0 = time.perf_counter()
-    cli_main()
-    stats["process_generate_s"] = time.perf_counter() - t0
-    Path(stats_path).write_text(json.dumps(stats) + "\n")
-
-
 def subset_manifest(data: Path, n: int) -> tuple[str, float]:
     """The first ``n`` tst-COMMON utterances as split ``bench{n}``; returns the split and its audio seconds."""
     lines = (data / "tst-COMMON.tsv").read_text(encoding="utf-8").splitlines()
@@ -358,25 +320,18 @@ def decode(a: argparse.Namespace, data: Path, name: str, ckpt: Path, split: str,
            "--beam", str(a.beam), "--max-len-a", "0", "--max-len-b", str(a.max_len), "--min-len", str(a.max_len),
            "--batch-size", str(batch), "--max-tokens", "40000000", "--scoring", "sacrebleu",
            *(["--cpu"] if a.device == "cpu" else ["--fp16"])]
-    r = run([sys.executable, "-m", "bench.real_scale", "--timed-generate", str(stats_path), "--", *gen],
+    r = run([sys.executable, "-m", "bench.timed_generate", str(stats_path), "--", *gen],
             a.out / "logs" / f"gen_{name}_b{batch}.log")
-    m = _TRANSLATED.search(r["text"])
-    if not m:
-        raise RuntimeError(f"no 'Translated ...' line in {r['log']}")
-    st = json.loads(stats_path.read_text())
-    gen_s = float(m.group(3))
-    tokens = int(m.group(2).replace(",", ""))
-    calls = max(st["decoder_calls"], 1)
+    g = generate_stats(r["text"], stats_path, r["log"])
+    gen_s = g["generate_s"]
     return {
-        "model": name, "batch": batch, "sentences": int(m.group(1).replace(",", "")), "tokens": tokens,
-        "generate_s": gen_s, "process_wall_s": r["wall_s"], "peak_rss_bytes": r["peak_rss_bytes"],
-        "tokens_per_s": tokens / gen_s if gen_s else None, "rtf": gen_s / audio_s,
-        "encoder_share": st["encoder_s"] / gen_s if gen_s else None,
-        "decoder_share": st["decoder_s"] / gen_s if gen_s else None,
-        "output_projection_share_of_decoder": st["output_layer_s"] / st["decoder_s"] if st["decoder_s"] else None,
-        "decoder_ms_per_step": 1e3 * st["decoder_s"] / calls,
-        "output_projection_ms_per_step": 1e3 * st["output_layer_s"] / calls,
-        "rows_per_step": st["decoder_rows"] / calls, "decoder_steps": st["decoder_calls"],
+        "model": name, "batch": batch, **{k: g[k] for k in ("sentences", "tokens", "generate_s", "tokens_per_s")},
+        "process_wall_s": r["wall_s"], "peak_rss_bytes": r["peak_rss_bytes"], "rtf": gen_s / audio_s,
+        "encoder_share": g["encoder_s"] / gen_s if gen_s else None,
+        "decoder_share": g["decoder_s"] / gen_s if gen_s else None,
+        "output_projection_share_of_decoder": g["output_layer_s"] / g["decoder_s"] if g["decoder_s"] else None,
+        **{k: g[k] for k in ("decoder_ms_per_step", "output_projection_ms_per_step", "rows_per_step",
+                             "decoder_steps")},
     }
 
 
@@ -497,11 +452,6 @@ def markdown(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--timed-generate"]:
-        if len(argv) < 3 or argv[2] != "--":
-            raise SystemExit("usage: --timed-generate STATS.json -- <fairseq-generate args>")
-        timed_generate(argv[1], argv[3:])
-        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--quick", action="store_true", help="CI-sized: 2 updates, 3 utterances, 20-token hypotheses")
