@@ -16,6 +16,8 @@ from typing import Any
 
 from torch import nn
 
+from cress_bitnet.kernels import load_kernel
+
 from .base import PackedLinear, QuantLinear
 from .config import QuantConfig
 from .registry import config_from_dict, get_method
@@ -127,6 +129,7 @@ class QuantRecord:
             raise RecordError(f"record names modules the model does not have as nn.Linear: {missing[:8]}")
         if self.packed:
             pack_(model, skeleton=True)
+            load_kernel()  # its one-time build or load (~0.1 s when cached) belongs to loading, not to the 1st step
         return names
 
     def with_options(self, **changes: Any) -> QuantRecord:

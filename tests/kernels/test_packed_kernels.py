@@ -18,7 +18,7 @@ from cress_bitnet.quantization import pack_signs, pack_ternary
 from cress_bitnet.quantization.common import fake_quant_per_token, row_group_ids
 
 SHAPES = [(1, 13), (7, 65), (33, 200), (50, 769), (17, 3)]  # out x in: odd, below/above one 16-row block, K tails
-ROWS = [1, 3, 5, 8, 17, 40, 64]
+ROWS = [1, 3, 5, 8, 17, 40, 64, 700]  # 700: more rows than one chunk of the LUT kernel's tables (row_chunk)
 U = 2.0**-24
 
 
@@ -101,7 +101,7 @@ def test_prepack_cache_follows_in_place_updates_and_frees():
 
 @pytest.mark.parametrize("per_token", [False, True], ids=["no-act-quant", "per-token"])
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
-@pytest.mark.parametrize("rows", [1, 5, 40])
+@pytest.mark.parametrize("rows", [1, 5, 40, 700])
 @pytest.mark.parametrize("aux", ["fp32", "fp16", "strided"])
 def test_svcd_forward_matches_torch_ops(kernel_path, per_token, bias, rows, aux):
     """``aux``: the vectors in fp32, in fp16 as a packed layer stores them (converted inside the kernel), or as
