@@ -211,29 +211,30 @@ def base_ckpts(toy: ToyData, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-KERNEL_PATHS = ["lut", "rowmajor", "avx2", "fallback"]
+KERNEL_PATHS = ["lut", "rowmajor", "avx2-lut", "avx2-rowmajor", "fallback"]
 
 
 @pytest.fixture(params=KERNEL_PATHS)
 def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every way the packed matmuls can run: the AVX-512 lookup-table kernel on prepacked weights ("lut"), the
-    native build's row-major mask kernel ("rowmajor"), a build for ``-march=haswell`` (AVX2, no AVX-512) and the torch
-    fallback. A path this CPU cannot run is skipped (it is not a failure of the code)."""
+    """Every way the packed matmuls can run: the native build's lookup-table kernel on prepacked weights ("lut") and
+    its row-major mask kernel ("rowmajor"), the same two in a build for ``-march=haswell`` (AVX2, no AVX-512), and the
+    torch fallback. A path this CPU cannot run is skipped (it is not a failure of the code)."""
     from cress_bitnet import kernels
 
     monkeypatch.delenv(kernels.FORCE_FALLBACK_ENV, raising=False)
     monkeypatch.delenv(kernels.ARCH_ENV, raising=False)
     if request.param == "fallback":
         monkeypatch.setenv(kernels.FORCE_FALLBACK_ENV, "1")
-    elif request.param == "avx2":
+        return request.param
+    if request.param.startswith("avx2"):
         if "avx2" not in Path("/proc/cpuinfo").read_text():
             pytest.skip("this CPU has no AVX2")
         monkeypatch.setenv(kernels.ARCH_ENV, "haswell")
         assert kernels.kernel_isa() == "avx2"
-    elif request.param == "rowmajor":
+    if request.param.endswith("rowmajor"):
         monkeypatch.setattr(kernels, "prepacked", lambda ext, packed: None)
         monkeypatch.setattr(kernels.PrepackedLayout, "get", lambda self, ext, packed: None)
     elif not kernels.load_kernel().lut_supported():
-        pytest.skip("the lookup-table kernel needs AVX-512")
+        pytest.skip("this build has no lookup-table kernel (it needs AVX2 or AVX-512)")
     return request.param
 
