@@ -9,10 +9,11 @@ flags, so a shared cache never hands a binary to a CPU that lacks its instructio
 (no compiler, failed build, CUDA tensors, autograd through the input, ``CRESS_BITNET_NO_KERNEL=1``) routes to the
 reference path, which unpacks to ±1 and calls ``F.linear``; the reason is logged once.
 
-On AVX-512 and AVX2 builds the kernel runs a lookup-table matmul (T-MAC style, see ``packed_matmul.cpp``) on a prepacked copy
-of the weight (16 output rows interleaved byte by byte). The copy is made on first use and cached per weight tensor
-(keyed on its storage, view geometry and version counter, so in-place updates such as ``load_state_dict`` invalidate
-it, and dropped when the tensor is freed): the packed bytes are held twice, which is still 16x less than fp16.
+On AVX-512 and AVX2 builds the kernel runs a lookup-table matmul (T-MAC style, see ``packed_matmul.cpp``) on a
+prepacked copy of the weight (16 output rows interleaved byte by byte). The copy is made on first use and cached per
+weight tensor (keyed on its storage, view geometry and version counter, so in-place updates such as
+``load_state_dict`` invalidate it, and dropped when the tensor is freed): the packed bytes are held twice, which is
+still 16x less than fp16.
 Packed layers instead hold their own :class:`PrepackedLayout`, whose validity check is two attribute reads: at
 decoder sizes the cache's key alone costs a sizeable share of a whole layer's forward.
 """
