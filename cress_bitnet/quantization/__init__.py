@@ -26,7 +26,15 @@ from .packing import pack_codes, pack_signs, pack_ternary, packed_bits, unpack_c
 from .record import QuantRecord, RecordError
 from .registry import METHODS, QuantMethod, config_from_dict, get_method, make_config, register_method
 from .report import linear_deploy_bytes, module_deploy_bits
-from .surgery import OUTPUT_HEADS, pack_, quantize_, quantize_model, replace_modules, select_modules
+from .surgery import (
+    OUTPUT_HEADS,
+    pack_,
+    quantize_,
+    quantize_model,
+    quantize_packed_,
+    replace_modules,
+    select_modules,
+)
 
 __all__ = [
     "AUX_DTYPE", "METHODS", "OUTPUT_HEADS",
@@ -36,7 +44,7 @@ __all__ = [
     "SVCDLinear", "TSVDConfig", "TSVDLinear", "TernaryLinear",
     "bcq_alternating", "bcq_greedy", "buffer_nbytes", "config_from_dict", "fake_quant_minmax", "fake_quant_per_token",
     "get_method", "linear_deploy_bytes", "make_config", "module_deploy_bits", "option", "pack_", "pack_codes",
-    "pack_signs", "pack_ternary", "packed_bits", "quantize_", "quantize_model", "register_method", "replace_modules",
-    "seed_act_rescale", "select_modules", "sign_pm1", "straight_through", "ternary_decomposition", "unpack_codes",
-    "unpack_signs", "unpack_ternary",
+    "pack_signs", "pack_ternary", "packed_bits", "quantize_", "quantize_model", "quantize_packed_", "register_method",
+    "replace_modules", "seed_act_rescale", "select_modules", "sign_pm1", "straight_through", "ternary_decomposition",
+    "unpack_codes", "unpack_signs", "unpack_ternary",
 ]

@@ -21,7 +21,7 @@ from cress_bitnet.kernels import load_kernel
 from .base import PackedLinear, QuantLinear
 from .config import QuantConfig
 from .registry import config_from_dict, get_method
-from .surgery import pack_, quantize_
+from .surgery import quantize_, quantize_packed_
 
 RECORD_VERSION = 1
 LEGACY_FIELDS = ("quant_modules", "quant_options", "quant_plan", "quant_packed")
@@ -123,13 +123,16 @@ class QuantRecord:
 
     def apply(self, model: nn.Module) -> list[str]:
         """Rebuild the quantized structure on a freshly built FP model; its (quantized) state dict loads next."""
-        names = quantize_(model, self.modules) if self.modules else []
+        if not self.modules:
+            names = []
+        elif self.packed:
+            names = quantize_packed_(model, self.modules)
+            load_kernel()  # its one-time build or load (~0.1 s when cached) belongs to loading, not to the 1st step
+        else:
+            names = quantize_(model, self.modules)
         missing = sorted(set(self.modules) - set(names))
         if missing:
             raise RecordError(f"record names modules the model does not have as nn.Linear: {missing[:8]}")
-        if self.packed:
-            pack_(model, skeleton=True)
-            load_kernel()  # its one-time build or load (~0.1 s when cached) belongs to loading, not to the 1st step
         return names
 
     def with_options(self, **changes: Any) -> QuantRecord:

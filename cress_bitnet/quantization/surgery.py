@@ -141,6 +141,21 @@ def quantize_(model: nn.Module, configs: Configs, filter_fn: Filter = None) -> l
                            lambda n, m: method_of(chosen[n]).layer.from_linear(m, chosen[n]))
 
 
+def quantize_packed_(model: nn.Module, configs: Configs, filter_fn: Filter = None, *,
+                     aux_dtype: torch.dtype = AUX_DTYPE) -> list[str]:
+    """Swap the selected nn.Linear modules straight for zero-filled packed inference layers, the shapes a packed
+    state dict loads into (fairseq-generate on an exported checkpoint); returns the sorted names.
+
+    The same result as ``quantize_`` then ``pack_(skeleton=True)`` without building the training form first: its
+    weight-derived init (for ``signvalue`` an SVD of |W| per layer) would be overwritten by the load, and costs
+    seconds at real size.
+    """
+    chosen = resolve_configs(model, configs, filter_fn)
+    return replace_modules(model, lambda n, _m: n in chosen,
+                           lambda n, m: method_of(chosen[n]).packed(m.in_features, m.out_features, m.bias is not None,
+                                                                    chosen[n], aux_dtype=aux_dtype))
+
+
 def pack_(model: nn.Module, *, skeleton: bool = False, aux_dtype: torch.dtype = AUX_DTYPE) -> list[str]:
     """Replace every training-form quantized layer by its packed inference form; returns the sorted names.
 

@@ -18,6 +18,7 @@ from cress_bitnet.quantization import (
     get_method,
     pack_,
     quantize_model,
+    quantize_packed_,
     replace_modules,
 )
 
@@ -163,7 +164,7 @@ ROUND_TRIP = [("svcd", {}), ("bitnet", {}), ("bitnet158", {}), ("bcq", {"bits": 
 
 
 @pytest.mark.parametrize(("method", "options"), ROUND_TRIP)
-def test_pack_model_round_trip(method, options):
+def test_pack_model_round_trip(method, options, monkeypatch):
     torch.manual_seed(0)
     model = TinyModel()
     names = quantize_model(model, method, "layers.*.fc1,layers.*.fc2", **options)
@@ -189,6 +190,17 @@ def test_pack_model_round_trip(method, options):
     fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh(tokens), packed_out)
+
+    # what loading an exported checkpoint does: packed layers straight from the configs, never the training form
+    # (whose weight-derived init the load would overwrite)
+    direct = TinyModel()
+    monkeypatch.setattr(METHODS[method].layer, "from_linear",
+                        classmethod(lambda *a, **k: pytest.fail("built the training form")))
+    assert quantize_packed_(direct, get_method(method).config(**options), "layers.*.fc1,layers.*.fc2") == names
+    direct.load_state_dict(state, strict=True)
+    direct.eval()
+    with torch.no_grad():
+        assert torch.equal(direct(tokens), packed_out)
 
 
 def test_replace_modules_skips_descendants_and_root():
