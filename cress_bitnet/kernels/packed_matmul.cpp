@@ -291,9 +291,9 @@ void rowmajor_matmul(const float* xp, int64_t ldx, int64_t N, int64_t K, const u
 
 
 // ---------------------------------------------------------------------------------------------------------------
-// Lookup-table kernel (AVX-512 or AVX2). Nibble n of a row covers inputs [n * G, (n + 1) * G) with G = 4 (signs, 1 bit each)
-// or G = 2 (ternary, 2 bits each); byte k holds nibbles 2k (low) and 2k + 1 (high), exactly as packing.py lays out
-// the row-major bytes, so only the order of rows changes in the prepacked form.
+// Lookup-table kernel (AVX-512 or AVX2). Nibble n of a row covers inputs [n * G, (n + 1) * G) with G = 4 (signs,
+// 1 bit each) or G = 2 (ternary, 2 bits each); byte k holds nibbles 2k (low) and 2k + 1 (high), exactly as packing.py
+// lays out the row-major bytes, so only the order of rows changes in the prepacked form.
 
 constexpr int64_t kBlock = 16;  // output rows per lookup (one zmm of fp32 partial sums)
 
@@ -489,10 +489,13 @@ float* scratch(Scratch slot, int64_t n) {
 }
 
 // Rows processed at a time by the fused forwards and the LUT matmul: enough for ~512 KB of lookup tables (16 bytes per
-// input of a row), never fewer than 64. At beam-search sizes this is all rows at once; the cross-attention keys and
-// values of a batched decode (encoder frames x beam x sentences: ~16K rows) would otherwise build tens of MB of tables
-// that stream through L2 instead of staying in it (measured 3x slower per row at 128-d).
-inline int64_t row_chunk(int64_t K) { return std::max<int64_t>(64, (int64_t{1} << 19) / std::max<int64_t>(1, 16 * K)); }
+// input of a row with signs, 32 with ternary codes), never fewer than 64. At beam-search sizes this is all rows at
+// once; the cross-attention keys and values of a batched decode (encoder frames x beam x sentences: ~16K rows) would
+// otherwise build tens of MB of tables that stream through L2 instead of staying in it (measured 3x slower per row at
+// 128-d).
+inline int64_t row_chunk(int64_t K) {
+  return std::max<int64_t>(64, (int64_t{1} << 19) / std::max<int64_t>(1, 16 * K));
+}
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 // y (N, O; row stride ldy) = x (N, K; row stride ldx) times the prepacked rows (OB, KB, 16).
@@ -593,7 +596,7 @@ const float* float_vector(const torch::Tensor& t, int64_t n, Scratch slot, torch
 }
 
 // y (N, O; ldy) = rows x (N, K; ldx) times the packed weight, on the LUT kernel when a prepacked layout is given
-// (AVX-512 builds), else the row-major kernel.
+// (AVX-512 and AVX2 builds), else the row-major kernel.
 template <int MODE>
 void matmul_into(const float* x, int64_t ldx, int64_t N, int64_t K, const torch::Tensor& packed,
                  const c10::optional<torch::Tensor>& pre, float* y, int64_t ldy) {
