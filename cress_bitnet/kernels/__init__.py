@@ -97,6 +97,14 @@ def load_kernel() -> ModuleType | None:
     return _build(_arch())
 
 
+def warm_kernel() -> None:
+    """Build or load the kernel now unless ``CRESS_BITNET_NO_KERNEL`` is set, so that its one-time cost (a 30-40 s
+    build once per machine, ~0.1 s to load after) lands where the caller wants it: in model loading, not in the
+    first decoding step."""
+    if _env(FORCE_FALLBACK_ENV, "0") in ("", "0"):
+        load_kernel()
+
+
 def kernel_available() -> bool:
     """Whether the compiled kernel can be used (ignores the force-fallback variable)."""
     return load_kernel() is not None
@@ -314,4 +322,5 @@ __all__ = [
     "svcd_forward",
     "ternary_matmul",
     "ternary_matmul_reference",
+    "warm_kernel",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from cress_bitnet.kernels import load_kernel
+from cress_bitnet.kernels import warm_kernel
 
 from .base import PackedLinear, QuantLinear
 from .config import QuantConfig
@@ -127,7 +127,7 @@ class QuantRecord:
             names = []
         elif self.packed:
             names = quantize_packed_(model, self.modules)
-            load_kernel()  # its one-time build or load (~0.1 s when cached) belongs to loading, not to the 1st step
+            warm_kernel()
         else:
             names = quantize_(model, self.modules)
         missing = sorted(set(self.modules) - set(names))

@@ -221,3 +221,20 @@ def test_layer_layout_follows_its_buffers(kernel_path):
     expected = copy.deepcopy(a)
     expected.layout = kernels.PrepackedLayout()
     assert torch.equal(a(x), expected(x)) and not torch.equal(a(x), yb)
+
+
+def test_a_packed_model_loads_the_kernel_while_it_is_built(monkeypatch):
+    """QuantRecord.apply on a packed record builds/loads the kernel (so its cost is not in the first decoding step),
+    except when CRESS_BITNET_NO_KERNEL asks for the torch path: then nothing is compiled."""
+    from cress_bitnet.quantization import QuantRecord, SVCDConfig
+
+    calls = []
+    monkeypatch.setattr(kernels, "_build", lambda arch: calls.append(arch))
+    monkeypatch.delenv(kernels.ARCH_ENV, raising=False)
+    record = QuantRecord({"0": SVCDConfig()}, packed=True)
+    monkeypatch.setenv(kernels.FORCE_FALLBACK_ENV, "1")
+    record.apply(torch.nn.Sequential(torch.nn.Linear(8, 8)))
+    assert calls == []
+    monkeypatch.delenv(kernels.FORCE_FALLBACK_ENV)
+    record.apply(torch.nn.Sequential(torch.nn.Linear(8, 8)))
+    assert calls == ["native"]
