@@ -261,22 +261,27 @@ void run_rows(const float* x, const float* sx, int64_t ldx, const uint8_t* w, in
   for (; o < o_end; ++o) run_tile<MODE, NR, 1>(x, sx, ldx, w, ldw, K, n0, o, y, ldy);
 }
 
+// Sum of n floats in 16 independent partial sums (vectorizable without -ffast-math; one chain is latency-bound).
+template <typename F>
+inline float lane_sum(int64_t n, F term) {
+  float part[16] = {0.0f};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) part[j] += term(i + j);
+  float s = 0.0f;
+  for (; i < n; ++i) s += term(i);
+  for (int j = 0; j < 16; ++j) s += part[j];
+  return s;
+}
+
 template <int MODE>
 void rowmajor_matmul(const float* xp, int64_t ldx, int64_t N, int64_t K, const uint8_t* wp, int64_t ldw, int64_t O,
                      float* yp, int64_t ldy) {
   // Row sums of x for the sign epilogue (computed once, serially: N * K adds are negligible next to the matmul).
   std::vector<float> sx(MODE == kSign ? N : 0);
   for (int64_t n = 0; n < static_cast<int64_t>(sx.size()); ++n) {
-    // 16 independent partial sums: vectorizable without -ffast-math (a single scalar chain is latency-bound).
-    float part[16] = {0.0f};
     const float* row = xp + n * ldx;
-    int64_t i = 0;
-    for (; i + 16 <= K; i += 16)
-      for (int j = 0; j < 16; ++j) part[j] += row[i + j];
-    float s = 0.0f;
-    for (; i < K; ++i) s += row[i];
-    for (int j = 0; j < 16; ++j) s += part[j];
-    sx[n] = s;
+    sx[n] = lane_sum(K, [row](int64_t i) { return row[i]; });
   }
   const float* sxp = sx.data();
   // Split output rows so a thread gets at least ~64K multiply-adds' worth of work (tiny layers stay serial).
@@ -635,19 +640,6 @@ torch::Tensor matmul_entry(const torch::Tensor& x, const torch::Tensor& packed, 
   return in_dtype(y, x);
 }
 
-// Sum of n floats in 16 independent partial sums (vectorizable without -ffast-math; one chain is latency-bound).
-template <typename F>
-inline float lane_sum(int64_t n, F term) {
-  float part[16] = {0.0f};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) part[j] += term(i + j);
-  float s = 0.0f;
-  for (; i < n; ++i) s += term(i);
-  for (int j = 0; j < 16; ++j) s += part[j];
-  return s;
-}
-
 // u = (x - mean) / sqrt(var + eps) [* w + b], biased variance over the row, as torch's layer_norm (two passes in
 // fp32; the result may differ from ATen's in the last bits, which the matmul's own rounding already exceeds).
 // Per-token absmax fake quantization (quant_row) repeats the exact fp32 arithmetic of common._per_token_quant:
@@ -659,7 +651,11 @@ inline __mmask16 lanes(int64_t left) {
   return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
 }
 
-inline __m512 round_even(__m512 v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// round(v * scale) / scale, rounding half to even: fake_quant_per_token's arithmetic on 16 lanes.
+inline __m512 fake_quant(__m512 v, __m512 scale) {
+  return _mm512_div_ps(_mm512_roundscale_ps(_mm512_mul_ps(v, scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                       scale);
+}
 
 inline void layer_norm_row(const float* x, int64_t K, const float* w, const float* b, float eps, float* u) {
   if (K == 0) return;
@@ -693,7 +689,7 @@ inline void quant_row(float* row, int64_t n, float qmax, float eps) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = lanes(n - i);
     const __m512 v = _mm512_maskz_loadu_ps(m, row + i);
-    _mm512_mask_storeu_ps(row + i, m, _mm512_div_ps(round_even(_mm512_mul_ps(v, scale)), scale));
+    _mm512_mask_storeu_ps(row + i, m, fake_quant(v, scale));
   }
 }
 
@@ -708,7 +704,7 @@ inline void svcd_row(float* row, int64_t O, const float* bp, const float* hp, bo
   for (int64_t o = 0; o < O; o += 16) {
     const __mmask16 m = lanes(O - o);
     __m512 v = _mm512_maskz_loadu_ps(m, row + o);
-    if (per_token) v = _mm512_div_ps(round_even(_mm512_mul_ps(v, scale)), scale);
+    if (per_token) v = fake_quant(v, scale);
     _mm512_mask_storeu_ps(row + o, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, hp + o)));
   }
 }
