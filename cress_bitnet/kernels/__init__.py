@@ -170,14 +170,22 @@ def _lut_supported(ext: ModuleType) -> bool:
     return bool(ext.lut_supported())
 
 
-def prepacked(ext: ModuleType, packed: Tensor) -> Tensor | None:
-    """The LUT layout of ``packed`` (rows interleaved by 16) from the cache, built on a miss; None where the build
-    has no LUT kernel or the tensor cannot be tracked (inference tensors keep no version counter)."""
-    global _prepack_bytes
+def _can_prepack(ext: ModuleType, packed: Tensor) -> bool:
+    """Whether a prepacked layout of ``packed`` is worth making: the build has the LUT kernel and the tensor can be
+    tracked (inference tensors keep no version counter, so a cached layout could outlive an in-place change)."""
     if not _lut_supported(ext):
-        return None
+        return False
     if packed.is_inference():
         _log_inference_weight()
+        return False
+    return True
+
+
+def prepacked(ext: ModuleType, packed: Tensor) -> Tensor | None:
+    """The LUT layout of ``packed`` (rows interleaved by 16) from the cache, built on a miss; None where
+    :func:`_can_prepack` says no."""
+    global _prepack_bytes
+    if not _can_prepack(ext, packed):
         return None
     owner = packed._base
     if owner is None:
@@ -215,10 +223,7 @@ class PrepackedLayout:
         """The layout of ``packed``, or None where the LUT kernel cannot use one (as :func:`prepacked`)."""
         if packed is self._source and packed._version == self._version:
             return self._layout
-        if not _lut_supported(ext):
-            return None
-        if packed.is_inference():
-            _log_inference_weight()
+        if not _can_prepack(ext, packed):
             return None
         self._source, self._version, self._layout = packed, packed._version, ext.prepack(packed)
         return self._layout
